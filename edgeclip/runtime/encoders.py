@@ -1,0 +1,161 @@
+"""Image and text encoders behind one interface: callables on torch tensors.
+
+Backends: `torch` (the reference) and `onnxruntime` (TensorRT EP -> CUDA EP -> CPU; CUDA tensors go
+through IO binding, so nothing is copied to the host).
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgeclip.errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+def check_pixels(pixels: torch.Tensor, image_size: int) -> None:
+    """Validate a pixel batch [B,3,S,S] before it reaches a backend."""
+    if not isinstance(pixels, torch.Tensor):
+        raise InputError(f"pixels must be a torch.Tensor, got {type(pixels).__name__}")
+    if pixels.dim() != 4 or pixels.shape[1] != 3 or tuple(pixels.shape[2:]) != (image_size, image_size):
+        raise InputError(
+            f"image encoder expects pixels of shape [B, 3, {image_size}, {image_size}], got {list(pixels.shape)}"
+        )
+    if pixels.shape[0] == 0:
+        raise InputError("image encoder got an empty batch (B = 0)")
+    if not pixels.is_floating_point():
+        raise InputError(f"pixels must be floating point (normalised), got {pixels.dtype}")
+    if not torch.isfinite(pixels).all():
+        raise InputError("pixels contain NaN or Inf values")
+
+
+def check_text_inputs(token_embeds: torch.Tensor, eot_index: torch.Tensor, width: int, context: int) -> None:
+    if token_embeds.dim() != 3 or token_embeds.shape[2] != width or token_embeds.shape[1] > context:
+        raise InputError(f"token_embeds must be [N, L<={context}, {width}], got {list(token_embeds.shape)}")
+    if eot_index.shape != (token_embeds.shape[0],):
+        raise InputError(f"eot_index must be [{token_embeds.shape[0]}], got {list(eot_index.shape)}")
+    if not torch.isfinite(token_embeds).all():
+        raise InputError("token_embeds contain NaN or Inf values")
+
+
+class ImageEncoder(ABC):
+    """pixels [B,3,S,S] normalised -> image_embeds [B,D] (not normalised)."""
+
+    backend = "base"
+
+    def __init__(self, image_size: int, device: str) -> None:
+        self.image_size = image_size
+        self.device = torch.device(device)
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        check_pixels(pixels, self.image_size)
+        return self._run(pixels)
+
+    @abstractmethod
+    def _run(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Encode a validated batch."""
+
+
+class TorchImageEncoder(ImageEncoder):
+    backend = "torch"
+
+    def __init__(self, visual: nn.Module, image_size: int, device: str) -> None:
+        super().__init__(image_size, device)
+        self.visual = visual.to(self.device).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def _run(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.visual(pixels.to(self.device, torch.float32))
+
+
+def _ort_run(session: Any, feeds: dict[str, torch.Tensor], out_name: str, out_shape: tuple[int, ...],
+             device: torch.device) -> torch.Tensor:
+    """Run a session on torch tensors; on CUDA bind device buffers directly (no host copies)."""
+    if device.type == "cuda":
+        binding = session.io_binding()
+        for name, t in feeds.items():
+            t = t.contiguous()
+            binding.bind_input(name, "cuda", device.index or 0, _np_dtype(t.dtype), list(t.shape), t.data_ptr())
+        out = torch.empty(out_shape, dtype=torch.float32, device=device)
+        binding.bind_output(out_name, "cuda", device.index or 0, np.float32, list(out.shape), out.data_ptr())
+        session.run_with_iobinding(binding)
+        return out
+    arrays = {k: v.detach().cpu().contiguous().numpy() for k, v in feeds.items()}
+    return torch.from_numpy(session.run([out_name], arrays)[0])
+
+
+def _np_dtype(dtype: torch.dtype) -> type:
+    return {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64}[dtype]
+
+
+class OrtImageEncoder(ImageEncoder):
+    backend = "onnxruntime"
+
+    def __init__(self, session: Any, image_size: int, embed_dim: int, device: str) -> None:
+        super().__init__(image_size, device)
+        self.session = session
+        self.embed_dim = embed_dim
+
+    def _run(self, pixels: torch.Tensor) -> torch.Tensor:
+        pixels = pixels.to(self.device, torch.float32)
+        return _ort_run(self.session, {"pixels": pixels}, "image_embeds",
+                        (pixels.shape[0], self.embed_dim), self.device)
+
+
+class TextEncoder(ABC):
+    """token_embeds [N,L,W] + eot_index [N] -> text_embeds [N,D], no gradient."""
+
+    backend = "base"
+
+    def __init__(self, width: int, context: int, embed_dim: int, device: str) -> None:
+        self.width = width
+        self.context = context
+        self.embed_dim = embed_dim
+        self.device = torch.device(device)
+
+    def __call__(self, token_embeds: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:
+        check_text_inputs(token_embeds, eot_index, self.width, self.context)
+        return self._run(token_embeds, eot_index)
+
+    @abstractmethod
+    def _run(self, token_embeds: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:
+        """Encode validated token embeddings."""
+
+
+class TorchTextEncoder(TextEncoder):
+    backend = "torch"
+
+    def __init__(self, tower: nn.Module, embed_dim: int, device: str) -> None:
+        super().__init__(tower.width, tower.context_length, embed_dim, device)
+        self.tower = tower
+
+    @torch.no_grad()
+    def _run(self, token_embeds: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:
+        return self.tower(token_embeds.to(self.device), eot_index.to(self.device))
+
+
+class OrtTextEncoder(TextEncoder):
+    backend = "onnxruntime"
+
+    def __init__(self, session: Any, width: int, context: int, embed_dim: int, causal: bool, device: str) -> None:
+        super().__init__(width, context, embed_dim, device)
+        self.session = session
+        self.causal = causal
+
+    def _run(self, token_embeds: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:
+        if self.causal and token_embeds.shape[0] > 0:
+            token_embeds = token_embeds[:, : int(eot_index.max()) + 1]
+        elif token_embeds.shape[1] != self.context:
+            raise InputError(
+                f"this text encoder is bidirectional: it needs all {self.context} tokens, "
+                f"got {token_embeds.shape[1]}"
+            )
+        feeds = {"token_embeds": token_embeds.to(self.device, torch.float32),
+                 "eot_index": eot_index.to(self.device, torch.int64)}
+        return _ort_run(self.session, feeds, "text_embeds", (token_embeds.shape[0], self.embed_dim), self.device)
