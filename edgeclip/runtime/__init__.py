@@ -1,0 +1,1 @@
+"""On-device runtime: bundle loading, encoder backends, text tower, prompt context, heads and methods."""

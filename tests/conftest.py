@@ -1,0 +1,58 @@
+"""Shared fixtures: tiny open_clip architectures exported once per test session."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from tiny_models import register_tiny_configs  # noqa: E402
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def tiny_names(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    return register_tiny_configs(tmp_path_factory.mktemp("tiny_configs"))
+
+
+@pytest.fixture(scope="session")
+def bundle_factory(tiny_names: list[str], tmp_path_factory: pytest.TempPathFactory):
+    """Export a tiny architecture once per session and hand out its bundle path."""
+    from edgeclip.export import export_bundle
+
+    cache: dict[str, Path] = {}
+    root = tmp_path_factory.mktemp("bundles")
+
+    def get(name: str) -> Path:
+        if name not in cache:
+            torch.manual_seed(0)
+            cache[name] = export_bundle(root / f"{name}.bundle", name).path
+        return cache[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(bundle_factory) -> Path:
+    return bundle_factory("test-tiny-vit")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    has_cuda = torch.cuda.is_available()
+    try:
+        import tensorrt  # noqa: F401
+
+        has_trt = True
+    except ImportError:
+        has_trt = False
+    for item in items:
+        if "gpu" in item.keywords and not has_cuda:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
+        if "tensorrt" in item.keywords and not has_trt:
+            item.add_marker(pytest.mark.skip(reason="needs TensorRT"))
