@@ -1,0 +1,222 @@
+"""The `edgeclip` command. Thin: every verb calls a library function and prints its result."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from edgeclip.errors import EdgeClipError
+
+log = logging.getLogger("edgeclip.cli")
+
+
+def _emit(args: argparse.Namespace, payload: Any, text: str) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(payload, indent=2, default=str))
+    else:
+        print(text)
+
+
+def _parse_ints(text: str) -> list[int]:
+    try:
+        vals = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
+    if not vals or min(vals) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return vals
+
+
+# -- verbs ----------------------------------------------------------------------------------------
+def cmd_demo(args: argparse.Namespace) -> int:
+    from edgeclip.demo import demo_table, run_demo
+
+    result = run_demo(args.bundle, n_per_shift=args.n, backends=args.backend, threads=args.threads,
+                      progress=not args.json)
+    text = (f"edgeclip demo: zero-shot on {len(result['classes'])} classes, {args.n} images per shift, "
+            f"batch 1\nbundle: {result['bundle']}\n\n" + demo_table(result))
+    _emit(args, result, text)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from edgeclip.export import export_bundle
+
+    if args.pretrained and args.checkpoint:
+        raise EdgeClipError("give either --pretrained or --checkpoint, not both")
+    res = export_bundle(args.out, args.model, pretrained=args.pretrained, checkpoint=args.checkpoint,
+                        storage=args.storage, include_image_tower=not args.no_image_tower,
+                        overwrite=args.overwrite, progress=not args.json)
+    p = res.parity
+    text = (f"wrote {res.path}\nparity vs PyTorch (min cosine): image {p.image_min_cos:.7f}, "
+            f"text {p.text_min_cos:.7f}; truncated text tower max abs diff {p.truncation_max_abs:.2e}")
+    _emit(args, {"path": str(res.path), "parity": p.to_dict()}, text)
+    return 0
+
+
+def _read_classes(spec: str) -> list[str]:
+    from edgeclip.runtime.classnames import parse_class_list
+
+    if spec.startswith("@"):
+        path = Path(spec[1:])
+        if not path.is_file():
+            raise EdgeClipError(f"class file {path} does not exist")
+        spec = path.read_text()
+    return parse_class_list(spec)
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    import edgeclip
+    from edgeclip.runtime.images import iter_image_paths
+
+    paths = iter_image_paths(args.images)
+    if not paths:
+        raise EdgeClipError(f"no images found in {', '.join(args.images)}")
+    model = edgeclip.load(args.bundle, backend=args.backend, threads=args.threads)
+    clf = model.classifier(_read_classes(args.classes), template=args.template)
+    records = []
+    for start in range(0, len(paths), args.batch_size):
+        chunk = paths[start : start + args.batch_size]
+        pred = clf.predict(chunk)
+        for path, rec in zip(chunk, pred.to_records(args.top_k), strict=True):
+            records.append({"image": str(path), **rec})
+    lines = [f"{r['image']}: {r['label']} ({100 * r['confidence']:.1f}%)  " +
+             ", ".join(f"{t['label']} {100 * t['prob']:.1f}%" for t in r["top"][1:]) for r in records]
+    _emit(args, {"backend": model.backend, "results": records}, "\n".join(lines))
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from edgeclip.info import bundle_info, info_text
+
+    info = bundle_info(args.bundle, verify=not args.no_verify)
+    _emit(args, info, info_text(info))
+    return 0
+
+
+def cmd_train_micro(args: argparse.Namespace) -> int:
+    from edgeclip.micro.build import build_micro_bundle
+
+    result = build_micro_bundle(out=args.out, work=args.work, steps=args.steps, seed=args.seed,
+                                progress=not args.json)
+    text = "\n".join(f"{k}: {v}" for k, v in result.items() if k != "shift_accuracy")
+    if "shift_accuracy" in result:
+        text += "\nzero-shot accuracy by shift (held-out seed):\n" + "\n".join(
+            f"  {k:20s} {100 * v:.1f}%" for k, v in result["shift_accuracy"].items())
+    _emit(args, result, text)
+    return 0
+
+
+def cmd_bench_encoders(args: argparse.Namespace) -> int:
+    from edgeclip.bench import bench_encoders, bench_encoders_for_model, write_report
+    from edgeclip.bench.report import markdown_table
+
+    common = {"batches": tuple(args.batch), "threads": args.threads, "progress": not args.json}
+    if args.repeats is not None:
+        common["repeats"] = args.repeats
+    if args.model:
+        results = bench_encoders_for_model(args.model, Path(args.cache), **common)
+        name = f"encoders-{args.model}"
+    else:
+        results = bench_encoders(args.bundle or "micro", **common)
+        name = "encoders-" + (Path(args.bundle).name if args.bundle else "micro")
+    paths = write_report(results, Path(args.out), name)
+    cols = ["encoder", "backend", "batch", "median_ms", "p90_ms", "per_item_ms", "speedup_vs_torch"]
+    text = markdown_table(results["rows"], [c for c in cols if any(c in r for r in results["rows"])])
+    text += "\n\nwrote " + ", ".join(str(p) for p in paths.values())
+    _emit(args, results, text)
+    return 0
+
+
+# -- parser ---------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edgeclip", description="Edge adaptation runtime for CLIP.")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v info, -vv debug)")
+    sub = p.add_subparsers(dest="verb", required=True)
+
+    d = sub.add_parser("demo", help="zero-shot accuracy and latency of the embedded bundle under domain shifts")
+    d.add_argument("--bundle", help="bundle directory (default: the embedded micro CLIP)")
+    d.add_argument("--n", type=int, default=200, help="images per shift (default 200)")
+    d.add_argument("--backend", action="append", choices=["torch", "onnxruntime"],
+                   help="backend to run (repeatable; default: every one present)")
+    d.add_argument("--threads", type=int, help="CPU threads for onnxruntime")
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(func=cmd_demo)
+
+    e = sub.add_parser("export", help="export an open_clip model to a bundle")
+    e.add_argument("--model", required=True, help="open_clip architecture name, e.g. ViT-B-16")
+    e.add_argument("--pretrained", help="open_clip pretrained tag, e.g. openai (downloads the weights)")
+    e.add_argument("--checkpoint", help="local checkpoint file (state dict) for --model")
+    e.add_argument("--out", required=True, help="bundle directory to write")
+    e.add_argument("--storage", choices=["float32", "float16"], default="float32",
+                   help="weight storage precision (compute stays float32)")
+    e.add_argument("--no-image-tower", action="store_true",
+                   help="skip image_tower.safetensors (smaller bundle; no torch image backend)")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_export)
+
+    c = sub.add_parser("classify", help="zero-shot classify images or folders")
+    c.add_argument("images", nargs="+", help="image files or folders")
+    c.add_argument("--bundle", help="bundle directory (default: the embedded micro CLIP)")
+    c.add_argument("--classes", required=True, help='"cat,dog,robot arm" or @file with one name per line')
+    c.add_argument("--template", default="a photo of a {}.", help="prompt template with {} for the class")
+    c.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime"])
+    c.add_argument("--threads", type=int)
+    c.add_argument("--top-k", type=int, default=3)
+    c.add_argument("--batch-size", type=int, default=32)
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_classify)
+
+    i = sub.add_parser("info", help="what a bundle holds, its parity, and the backends this machine can run")
+    i.add_argument("bundle", nargs="?", help="bundle directory (default: the embedded micro CLIP)")
+    i.add_argument("--no-verify", action="store_true", help="skip the sha256 check of every file")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=cmd_info)
+
+    t = sub.add_parser("train-micro", help="train the embedded micro CLIP on the shapes dataset and export it")
+    t.add_argument("--out", default=None, help="bundle to write (default: the package's embedded bundle)")
+    t.add_argument("--work", default="micro-work", help="folder for the checkpoint and logs")
+    t.add_argument("--steps", type=int, default=None, help="training steps (default: the shipped recipe)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--json", action="store_true")
+    t.set_defaults(func=cmd_train_micro)
+
+    b = sub.add_parser("bench", help="benchmarks")
+    bsub = b.add_subparsers(dest="bench", required=True)
+    be = bsub.add_parser("encoders", help="PyTorch eager vs each ONNX Runtime provider, image and text")
+    src = be.add_mutually_exclusive_group()
+    src.add_argument("--bundle", help="bundle directory (default: the embedded micro CLIP)")
+    src.add_argument("--model", help="open_clip name: export a random-weight bundle once and bench it")
+    be.add_argument("--cache", default="bench-results/bundles", help="where --model bundles are kept")
+    be.add_argument("--batch", type=_parse_ints, default=[1, 8, 64], help="batch sizes, e.g. 1,8,64")
+    be.add_argument("--repeats", type=int, default=None, help="timed runs per case")
+    be.add_argument("--threads", type=int, default=None, help="CPU threads (torch and onnxruntime)")
+    be.add_argument("--out", default="bench-results", help="folder for the JSON and Markdown reports")
+    be.add_argument("--json", action="store_true")
+    be.set_defaults(func=cmd_bench_encoders)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if args.verbose == 0:
+        logging.getLogger().setLevel(logging.WARNING)
+    try:
+        return int(args.func(args) or 0)
+    except EdgeClipError as exc:
+        print(f"edgeclip: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("edgeclip: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
