@@ -40,7 +40,7 @@ def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float((num / np.maximum(den, 1e-30)).min())
 
 
-def _session(path: Path):  # noqa: ANN202 - onnxruntime type
+def _session(path: Path):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
