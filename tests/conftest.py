@@ -11,7 +11,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from tiny_models import register_tiny_configs  # noqa: E402
+from tiny_models import register_tiny_configs
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 

@@ -12,8 +12,7 @@ import torch.nn.functional as F
 
 import edgeclip
 from edgeclip.errors import ExportError
-from edgeclip.export import export_bundle
-from edgeclip.export import bundle_writer
+from edgeclip.export import bundle_writer, export_bundle
 from edgeclip.runtime.bundle import IMAGE_ONNX, IMAGE_TOWER, MANIFEST, TEXT_ONNX, TEXT_TOWER, sha256_file
 
 FAMILIES = ["test-tiny-vit", "test-tiny-rn", "test-tiny-mobile", "test-tiny-eos"]
