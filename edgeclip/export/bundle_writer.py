@@ -116,6 +116,13 @@ def _state_for_storage(module: nn.Module, storage: str) -> dict[str, torch.Tenso
     return out
 
 
+def _make_readable(folder: Path) -> None:
+    """mkdtemp makes a private folder; a bundle is meant to be shared and copied."""
+    folder.chmod(0o755)
+    for f in folder.iterdir():
+        f.chmod(0o644)
+
+
 def _atomic_replace(tmp: Path, out: Path, overwrite: bool) -> None:
     if out.exists():
         if not overwrite:
@@ -227,6 +234,7 @@ def export_bundle(
         for name in sorted(p.name for p in tmp.iterdir()):
             manifest["files"][name] = {"sha256": sha256_file(tmp / name), "size": (tmp / name).stat().st_size}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+        _make_readable(tmp)
         _atomic_replace(tmp, out, overwrite)
         steps.update()
     except BaseException:
