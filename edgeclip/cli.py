@@ -113,9 +113,8 @@ def cmd_train_micro(args: argparse.Namespace) -> int:
 
 def cmd_bench_encoders(args: argparse.Namespace) -> int:
     from edgeclip.bench import bench_encoders, bench_encoders_for_model, write_report
-    from edgeclip.bench.report import markdown_table
 
-    common = {"batches": tuple(args.batch), "threads": args.threads, "progress": not args.json}
+    common: dict[str, Any] = {"batches": tuple(args.batch), "threads": args.threads, "progress": not args.json}
     if args.repeats is not None:
         common["repeats"] = args.repeats
     if args.model:
@@ -125,9 +124,7 @@ def cmd_bench_encoders(args: argparse.Namespace) -> int:
         results = bench_encoders(args.bundle or "micro", **common)
         name = "encoders-" + (Path(args.bundle).name if args.bundle else "micro")
     paths = write_report(results, Path(args.out), name)
-    cols = ["encoder", "backend", "batch", "median_ms", "p90_ms", "per_item_ms", "speedup_vs_torch"]
-    text = markdown_table(results["rows"], [c for c in cols if any(c in r for r in results["rows"])])
-    text += "\n\nwrote " + ", ".join(str(p) for p in paths.values())
+    text = paths["md"].read_text() + "\nwrote " + ", ".join(str(p) for p in paths.values())
     _emit(args, results, text)
     return 0
 

@@ -1,0 +1,17 @@
+"""Benchmark harness: encoder latency across backends, timing helpers, JSON + Markdown reports."""
+
+from edgeclip.bench.encoders import bench_encoders, bench_encoders_for_model
+from edgeclip.bench.report import machine_info, markdown_table, write_report
+from edgeclip.bench.timing import TimingStats, measure, measure_interleaved, ratio_with_spread
+
+__all__ = [
+    "TimingStats",
+    "bench_encoders",
+    "bench_encoders_for_model",
+    "machine_info",
+    "markdown_table",
+    "measure",
+    "measure_interleaved",
+    "ratio_with_spread",
+    "write_report",
+]

@@ -1,0 +1,528 @@
+"""Encoder latency: PyTorch eager against ONNX Runtime (every provider present), image and text.
+
+For every backend the image encoder runs on random normalised pixels and the text encoder on
+realistic prompts ("a photo of a {name}." with 1–4-word class names), at each batch size. Inputs are
+built once and shared by every backend. All backends are loaded at once and each case is timed on
+them round-robin (`measure_interleaved`), so they share whatever else the machine is doing; the rows
+of ONNX Runtime carry their speedup over PyTorch eager at the same batch, with its spread over the
+paired calls.
+
+Time budget: each case gets `warmup` untimed calls per backend and up to `repeats` rounds, but stops
+once the slowest backend has `time_budget_s` seconds of timed calls (never fewer than `MIN_REPEATS`
+rounds), and each warm-up stops after half the budget; every timed call also costs a 0.1 s settle
+period (`timing.SETTLE_S`). So a slow case (ViT-B-32 images at batch 64 on 2 CPU cores: ~3.2 s a
+call per backend) costs 5 rounds plus ~3 warm-up calls per backend (~50 s for torch + ORT) instead
+of 23 calls per backend (~150 s), while a fast case still gets all `repeats`; the whole ViT-B-32
+bench at batches 1, 8, 64 takes about 3 minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import random
+import re
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import edgeclip
+from edgeclip.bench.report import cpu_snapshot, machine_info, other_cpu_load
+from edgeclip.bench.timing import TimingStats, measure, measure_interleaved, ratio_with_spread
+from edgeclip.errors import BackendError, BundleError, EdgeClipError
+from edgeclip.runtime import bundle as B
+from edgeclip.runtime.model import EdgeClip
+from edgeclip.runtime.ort_session import (
+    CPU_EP,
+    PROVIDER_ORDER,
+    available_providers,
+    choose_providers,
+    import_ort,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "COLUMNS",
+    "BackendSpec",
+    "bench_encoders",
+    "bench_encoders_for_model",
+    "class_names",
+    "default_backends",
+    "parse_backend",
+    "prompts",
+]
+
+DEFAULT_TIME_BUDGET_S = 10.0
+MIN_REPEATS = 5
+TEMPLATE = "a photo of a {}."
+# the Markdown table's columns; the JSON rows carry more (device, min, samples, ...)
+COLUMNS = ["encoder", "backend", "provider", "batch", "tokens", "n", "median_ms", "p90_ms", "per_item_ms",
+           "speedup", "speedup_lo", "speedup_hi", "other_load"]
+
+
+# -- backends -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BackendSpec:
+    """One backend to time: `torch`, or `onnxruntime` with exactly one execution provider."""
+
+    backend: str  # "torch" | "onnxruntime"
+    provider: str | None  # ORT execution provider; None for torch
+    device: str  # where inputs live and the encoders run
+
+    @property
+    def label(self) -> str:
+        return self.backend if self.provider is None else f"{self.backend}:{self.provider}"
+
+
+def _is_cuda(device: str) -> bool:
+    return device.startswith("cuda")
+
+
+def parse_backend(spec: str, device: str = "cpu") -> BackendSpec:
+    """Parse a backend name: `torch`, `onnxruntime` (the provider edgeclip picks on `device`) or
+    `onnxruntime:<EP>` (exactly that execution provider).
+
+    The CPU execution provider always runs on the host; any other provider needs a CUDA `device`.
+    """
+    name, _, provider = spec.partition(":")
+    if name == "torch":
+        if provider:
+            raise ValueError(f"backend {spec!r}: torch takes no provider; use 'torch'")
+        return BackendSpec("torch", None, device)
+    if name != "onnxruntime":
+        raise ValueError(f"unknown backend {spec!r}; use 'torch', 'onnxruntime' or 'onnxruntime:<provider>'")
+    present = available_providers()
+    if not present:
+        raise BackendError("backend 'onnxruntime' asked for but onnxruntime is not installed: "
+                           "pip install 'edgeclip[cpu]' (or 'edgeclip[gpu]')")
+    if not provider:
+        provider = _provider_name(choose_providers(device)[0])
+    if provider not in present:
+        raise BackendError(f"backend {spec!r}: provider {provider} is not in this onnxruntime "
+                           f"(present: {', '.join(present)})")
+    if provider == CPU_EP:
+        return BackendSpec("onnxruntime", provider, "cpu")
+    if not _is_cuda(device):
+        raise ValueError(f"backend {spec!r} runs on the GPU: pass device='cuda' (got device={device!r})")
+    return BackendSpec("onnxruntime", provider, device)
+
+
+def default_backends(device: str = "cpu") -> list[str]:
+    """`torch` plus `onnxruntime:<EP>` for every compute provider present that can run on `device`.
+
+    Providers edgeclip does not place (e.g. AzureExecutionProvider) are left out, and so are GPU
+    providers when `device` is the CPU; both are named in the log.
+    """
+    out = ["torch"]
+    for p in available_providers():
+        if p not in PROVIDER_ORDER:
+            log.info("skipping onnxruntime provider %s (not a compute provider edgeclip places)", p)
+        elif p != CPU_EP and not _is_cuda(device):
+            log.info("skipping onnxruntime provider %s: it needs device='cuda'", p)
+        else:
+            out.append(f"onnxruntime:{p}")
+    return out
+
+
+def _provider_name(p: Any) -> str:
+    return p[0] if isinstance(p, tuple) else str(p)
+
+
+class _ProviderEdgeClip(EdgeClip):
+    """An `EdgeClip` whose ONNX Runtime sessions use exactly one provider (CPU only as the fallback
+    for unsupported nodes), e.g. the CUDA EP on a machine whose default would be the TensorRT EP."""
+
+    def __init__(self, bundle: B.Bundle, provider: str, device: str, threads: int | None) -> None:
+        self.provider = provider
+        super().__init__(bundle, backend="onnxruntime", device=device, threads=threads)
+
+    def _session(self, name: str) -> Any:
+        ort = import_ort()
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if self.threads is not None:
+            opts.intra_op_num_threads = self.threads
+            opts.inter_op_num_threads = 1
+        cache = self.bundle.path / "engines" / "ort_trt"
+        configured = [p for p in choose_providers(str(self.device), cache)
+                      if _provider_name(p) == self.provider]
+        providers = (configured or [self.provider]) + ([CPU_EP] if self.provider != CPU_EP else [])
+        sess = ort.InferenceSession(str(self.bundle.file(name)), opts, providers=providers)
+        if sess.get_providers()[0] != self.provider:
+            raise BackendError(f"{name}: onnxruntime could not start {self.provider} "
+                               f"(it fell back to {sess.get_providers()[0]})")
+        return sess
+
+
+def _load(bundle: B.Bundle, spec: BackendSpec, threads: int | None) -> EdgeClip:
+    """The model for one backend, through `edgeclip.load` whenever that picks the wanted provider."""
+    if spec.backend == "torch":
+        return edgeclip.load(bundle, backend="torch", device=spec.device, threads=threads)
+    if _provider_name(choose_providers(spec.device)[0]) == spec.provider:
+        return edgeclip.load(bundle, backend="onnxruntime", device=spec.device, threads=threads)
+    return _ProviderEdgeClip(bundle, spec.provider or CPU_EP, spec.device, threads)
+
+
+# -- inputs -------------------------------------------------------------------------------------
+_ADJECTIVES = ("red", "small", "wooden", "striped", "electric", "rusty", "wild", "spotted", "folding",
+               "golden", "plastic", "mountain", "garden", "sea", "paper", "black", "steel", "wet")
+_NOUNS = ("dog", "kite", "bicycle", "teapot", "forklift", "heron", "lamp", "pallet", "tractor", "owl",
+          "chair", "drone", "cone", "hose", "valve", "crate", "ladder", "fox", "truck", "robot", "mug",
+          "helmet", "beetle", "boat", "sign", "camera", "gear", "snake", "door", "tulip")
+
+
+def class_names(n: int, seed: int = 0) -> list[str]:
+    """`n` distinct class names of 1–4 words (cycling 1, 2, 3, 4), the same for the same `seed`."""
+    if n < 1:
+        raise ValueError(f"need at least one class name, got n={n}")
+    rng = random.Random(seed)
+    seen: set[str] = set()
+    out: list[str] = []
+    while len(out) < n:
+        words = len(out) % 4 + 1
+        name = " ".join([*rng.sample(_ADJECTIVES, words - 1), rng.choice(_NOUNS)])
+        if name not in seen:
+            seen.add(name)
+            out.append(name)
+    return out
+
+
+def prompts(n: int, seed: int = 0) -> list[str]:
+    """`n` zero-shot prompts: "a photo of a {name}." over `class_names(n, seed)`."""
+    return [TEMPLATE.format(c) for c in class_names(n, seed)]
+
+
+@dataclass
+class _TextInput:
+    token_embeds: torch.Tensor  # (N, context, W): full rows; the encoders cut causal towers themselves
+    eot: torch.Tensor  # (N,)
+
+    @property
+    def tokens(self) -> int:
+        return int(self.eot.max()) + 1
+
+
+def _pixels(batch: int, size: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed + batch)
+    return torch.randn(batch, 3, size, size, generator=g)  # (B, 3, S, S), already "normalised"
+
+
+def _text_input(model: EdgeClip, batch: int) -> _TextInput:
+    ids, eot = model.tokenizer.ids(prompts(batch))
+    with torch.no_grad():
+        embeds = model.text_tower.embed_tokens(ids.to(model.device)).detach().cpu()  # (N, 77, W)
+    return _TextInput(embeds, eot)
+
+
+# -- running ------------------------------------------------------------------------------------
+@contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    if threads is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)):
+        return True
+    msg = str(exc).lower()
+    return "out of memory" in msg or "failed to allocate" in msg
+
+
+def _row(encoder: str, spec: BackendSpec, batch: int, tokens: int | None,
+         stats: TimingStats | None, error: str | None = None) -> dict[str, Any]:
+    return {
+        "encoder": encoder, "backend": spec.backend, "provider": spec.provider, "device": spec.device,
+        "batch": batch, "tokens": tokens,
+        "n": stats.n if stats else 0,
+        "median_ms": stats.median_ms if stats else None,
+        "p90_ms": stats.p90_ms if stats else None,
+        "mean_ms": stats.mean_ms if stats else None,
+        "min_ms": stats.min_ms if stats else None,
+        "per_item_ms": stats.median_ms / batch if stats else None,
+        "items_per_s": 1e3 * batch / stats.median_ms if stats else None,
+        "speedup": None, "speedup_p90": None, "speedup_lo": None, "speedup_hi": None,
+        "other_load": None, "error": error,
+        "samples_ms": list(stats.samples_ms) if stats else [],
+    }
+
+
+@dataclass
+class _Case:
+    """One (encoder, batch) timed on every backend that loaded."""
+
+    encoder: str  # "image" | "text"
+    batch: int
+    tokens: int | None  # text: sequence length after causal truncation
+    fns: dict[str, Callable[[], Any]]  # backend label -> call on that backend's device
+
+
+def _time_case(case: _Case, specs: dict[str, BackendSpec], *, warmup: int, repeats: int,
+               time_budget_s: float, interleave: bool = True,
+               ) -> tuple[list[dict[str, Any]], dict[str, TimingStats], bool]:
+    """Time one case on all backends; returns rows, stats by label, and whether the samples are paired.
+
+    Round-robin (`measure_interleaved`) when `interleave`, else one backend after the other. When a
+    backend runs out of memory, the case is timed again backend by backend (unpaired), and the
+    backend that failed gets a row with `error` set instead of raising.
+    """
+    sync = torch.cuda.synchronize if any(_is_cuda(s.device) for s in specs.values()) else None
+    kw = {"warmup": warmup, "repeats": repeats, "max_time": time_budget_s, "min_repeats": MIN_REPEATS,
+          "sync": sync}
+    snap = cpu_snapshot()
+    stats: dict[str, TimingStats] = {}
+    errors: dict[str, str] = {}
+    paired = interleave and len(case.fns) > 1
+    if paired:
+        try:
+            stats = measure_interleaved(case.fns, **kw)
+        except Exception as exc:
+            if not _is_oom(exc):
+                raise
+            log.warning("%s batch %d: out of memory (%s); timing the backends one by one",
+                        case.encoder, case.batch, exc)
+            paired = False
+    if not paired:
+        for label, fn in case.fns.items():
+            try:
+                stats[label] = measure(fn, **kw)
+            except Exception as exc2:
+                if not _is_oom(exc2):
+                    raise
+                log.warning("%s %s batch %d: out of memory (%s)", case.encoder, label, case.batch, exc2)
+                errors[label] = f"out of memory: {exc2}"
+    other = other_cpu_load(snap, cpu_snapshot())
+    rows = []
+    for label in case.fns:
+        st = stats.get(label)
+        row = _row(case.encoder, specs[label], case.batch, case.tokens, st, error=errors.get(label))
+        row["other_load"] = other
+        rows.append(row)
+        if st is not None:
+            log.info("%s %s batch %d: median %.3f ms, p90 %.3f ms (n=%d)",
+                     case.encoder, label, case.batch, st.median_ms, st.p90_ms, st.n)
+    return rows, stats, paired
+
+
+def _add_speedups(rows: list[dict[str, Any]], stats: dict[tuple[str, int], dict[str, TimingStats]],
+                  paired: dict[tuple[str, int], bool]) -> None:
+    """Fill `speedup*` on ORT rows: PyTorch eager median / this row's median, same encoder and batch."""
+    for r in rows:
+        if r["backend"] == "torch" or r["median_ms"] is None:
+            continue
+        key = (r["encoder"], r["batch"])
+        ref = stats.get(key, {}).get("torch")
+        mine = stats.get(key, {}).get(f"{r['backend']}:{r['provider']}")
+        if ref is None or mine is None:
+            continue
+        ratio = ratio_with_spread(mine, ref, paired=paired[key])
+        r.update(speedup=ratio["ratio"], speedup_p90=ratio["ratio_p90"],
+                 speedup_lo=ratio["ratio_lo"], speedup_hi=ratio["ratio_hi"])
+
+
+def _resolve_bundle(bundle: str | Path | B.Bundle) -> B.Bundle:
+    if isinstance(bundle, B.Bundle):
+        return bundle
+    if isinstance(bundle, str) and bundle == "micro":
+        bundle = edgeclip.default_bundle()
+    return B.open_bundle(bundle, verify=True)
+
+
+def _model_label(bundle: B.Bundle) -> str:
+    src = bundle.manifest.get("source")
+    name = src.get("architecture") if isinstance(src, dict) else None
+    if name and isinstance(src, dict) and src.get("weights") == "random":
+        name = f"{name} (random weights)"
+    return str(name or bundle.path.name)
+
+
+def _cases(models: dict[str, EdgeClip], specs: dict[str, BackendSpec], batches: list[int],
+           text_batches: list[int]) -> Iterator[_Case]:
+    """The cases, inputs built once (seeded) and copied to each backend's device up front."""
+    first = next(iter(models.values()))
+    size = first.preprocess_cfg.image_size
+    for n in batches:
+        pixels = _pixels(n, size)  # (B, 3, S, S)
+        yield _Case("image", n, None, {
+            label: _image_call(m, pixels.to(specs[label].device)) for label, m in models.items()})
+    for n in text_batches:
+        t = _text_input(first, n)
+        yield _Case("text", n, t.tokens, {
+            label: _text_call(m, t, specs[label].device) for label, m in models.items()})
+
+
+def bench_encoders(
+    bundle: str | Path | B.Bundle,
+    *,
+    batches: Sequence[int] = (1, 8, 64),
+    backends: Sequence[str] | None = None,
+    text_batches: Sequence[int] | None = None,
+    warmup: int = 3,
+    repeats: int = 20,
+    time_budget_s: float = DEFAULT_TIME_BUDGET_S,
+    threads: int | None = None,
+    device: str = "cpu",
+    interleave: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Time the image and text encoders of `bundle` on each backend and batch size.
+
+    All backends are loaded together and each case (encoder, batch) times them round-robin (see
+    `measure_interleaved`), so PyTorch and ONNX Runtime share whatever else the machine is doing and
+    the speedup's spread comes from paired calls.
+
+    Args:
+        bundle: a bundle directory, an opened `Bundle`, or "micro" (the embedded default bundle).
+        batches: image batch sizes.
+        backends: "torch", "onnxruntime" or "onnxruntime:<provider>"; None: `default_backends(device)`,
+            i.e. PyTorch eager plus every ONNX Runtime compute provider that runs on `device`.
+        text_batches: numbers of prompts per text batch; None: the same as `batches`.
+        warmup: untimed calls before each case, per backend.
+        repeats: the most timed calls per case and backend.
+        time_budget_s: seconds of timed calls of the slowest backend after which a case stops (at
+            least `MIN_REPEATS` calls; see the module docstring).
+        threads: intra-op threads for PyTorch and ONNX Runtime; None: each library's default.
+        device: "cpu" or "cuda[:i]" for PyTorch and the GPU providers.
+        interleave: time the backends of a case round-robin (paired samples); False: one after the
+            other (each alone, unpaired; a cross-check for interference between the libraries).
+        progress: show a tqdm bar over the cases (on stderr).
+
+    Returns:
+        `{"title", "bench", "config", "columns", "rows", "notes", "machine"}`. One row per
+        (encoder, backend, batch): encoder ("image"/"text"), backend, provider, device, batch, tokens
+        (text: sequence length after causal truncation), n, median_ms, p90_ms, mean_ms, min_ms,
+        per_item_ms, items_per_s, speedup / speedup_p90 / speedup_lo / speedup_hi (ORT rows: PyTorch
+        eager time over this backend's, see `ratio_with_spread`; None on torch rows), other_load (CPU
+        cores other processes kept busy during the case, see `other_cpu_load`; None when the case
+        was too short to tell), error (None, or why the case could not run, e.g. out of memory) and
+        samples_ms.
+    """
+    from tqdm.auto import tqdm
+
+    batches = [int(n) for n in batches]
+    text_batches = batches if text_batches is None else [int(n) for n in text_batches]
+    for n in (*batches, *text_batches):
+        if n < 1:
+            raise ValueError(f"batch sizes must be >= 1, got {n}")
+    if not batches and not text_batches:
+        raise ValueError("nothing to time: batches and text_batches are both empty")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    spec_list = [parse_backend(s, device) for s in (default_backends(device) if backends is None else backends)]
+    if not spec_list:
+        raise ValueError("no backends to time")
+    specs = {s.label: s for s in spec_list}
+    if len(specs) != len(spec_list):
+        raise ValueError(f"backends repeat: {[s.label for s in spec_list]}")
+    bnd = _resolve_bundle(bundle)
+    label = _model_label(bnd)
+    snap_start = cpu_snapshot()
+
+    rows: list[dict[str, Any]] = []
+    stats: dict[tuple[str, int], dict[str, TimingStats]] = {}
+    paired: dict[tuple[str, int], bool] = {}
+    with _torch_threads(threads):
+        models: dict[str, EdgeClip] = {}
+        for spec in spec_list:
+            try:
+                models[spec.label] = _load(bnd, spec, threads)
+            except EdgeClipError as exc:
+                log.warning("%s cannot run on %s: %s", label, spec.label, exc)
+                for enc, bs in (("image", batches), ("text", text_batches)):
+                    rows += [_row(enc, spec, n, None, None, error=str(exc)) for n in bs]
+        bar = tqdm(total=len(batches) + len(text_batches) if models else 0, desc=f"bench {label}",
+                   unit="case", disable=not progress)
+        try:
+            for case in (_cases(models, specs, batches, text_batches) if models else ()):
+                bar.set_postfix_str(f"{case.encoder} b={case.batch}")
+                case_rows, case_stats, case_paired = _time_case(
+                    case, specs, warmup=warmup, repeats=repeats, time_budget_s=time_budget_s,
+                    interleave=interleave)
+                rows += case_rows
+                stats[(case.encoder, case.batch)] = case_stats
+                paired[(case.encoder, case.batch)] = case_paired
+                bar.update(1)
+        finally:
+            bar.close()
+            models.clear()
+            gc.collect()
+    _add_speedups(rows, stats, paired)
+    order = list(specs)
+    rows.sort(key=lambda r: (r["encoder"] != "image", r["batch"],
+                             order.index(r["backend"] if r["provider"] is None
+                                         else f"{r['backend']}:{r['provider']}")))
+
+    config = {"bundle": str(bnd.path), "model": label, "batches": batches, "text_batches": text_batches,
+              "backends": list(specs), "warmup": warmup, "repeats": repeats,
+              "min_repeats": MIN_REPEATS, "time_budget_s": time_budget_s, "threads": threads,
+              "device": device, "template": TEMPLATE, "interleave": interleave,
+              "other_load": other_cpu_load(snap_start, cpu_snapshot())}
+    how = ("backends timed round-robin within each case (0.1 s settle before each timed call)" if interleave
+           else "backends timed one after the other within each case")
+    spread = "the per-round ratios" if interleave else "the ratios over all pairs of calls"
+    notes = [
+        f"{how}; speedup = PyTorch eager median / this backend's median at the same encoder and batch "
+        f"(>1: faster than torch); speedup_lo–speedup_hi = 10th–90th percentile of {spread}.",
+        f"each case: {warmup} warm-up calls per backend, then up to {repeats} timed calls each, stopping "
+        f"once the slowest backend has {time_budget_s:g} s of timed calls (at least {MIN_REPEATS}); times "
+        "in ms per call.",
+        "image: random normalised pixels; text: prompts 'a photo of a {name}.' with 1–4-word names, "
+        "tokens = sequence length after causal truncation (max EOT + 1).",
+    ]
+    busy = max((r["other_load"] or 0.0 for r in rows), default=0.0)
+    if busy > 0.25:
+        notes.append(f"other processes kept up to {busy:.2f} CPU cores busy during a case (other_load; "
+                     "0 = idle machine): absolute times are inflated, PyTorch's multi-threaded ones above "
+                     "all; round-robin timing shares the slowdown, but ratios can still shift.")
+        log.warning("benchmark ran beside other work (up to %.2f cores busy); timings are unreliable", busy)
+    return {"title": f"Encoder latency: {label}", "bench": "encoders", "config": config,
+            "columns": list(COLUMNS), "rows": rows, "notes": notes, "machine": machine_info(threads)}
+
+
+def _image_call(model: EdgeClip, pixels: torch.Tensor) -> Callable[[], Any]:
+    enc = model.image_encoder
+    return lambda: enc(pixels)
+
+
+def _text_call(model: EdgeClip, t: _TextInput, device: str) -> Callable[[], Any]:
+    enc = model.text_encoder
+    embeds, eot = t.token_embeds.to(device), t.eot.to(device)
+    return lambda: enc(embeds, eot)
+
+
+def _cache_name(model_name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", model_name).strip("-") + "-random.bundle"
+
+
+def bench_encoders_for_model(model_name: str, cache_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
+    """Bench a random-weight open_clip `model_name`, exported once to `cache_dir/<name>-random.bundle`.
+
+    The bundle is reused when it is there and passes verification; otherwise it is (re-)exported
+    (ViT-B-32: ~40 s and ~600 MB). Keyword arguments go to `bench_encoders`. Random weights time the
+    same as trained ones, so no download is needed.
+    """
+    path = Path(cache_dir).expanduser() / _cache_name(model_name)
+    bundle: B.Bundle | None = None
+    if (path / "manifest.json").is_file():
+        try:
+            bundle = B.open_bundle(path, verify=True)
+        except BundleError as exc:
+            log.warning("cached bundle %s is unusable (%s); exporting again", path, exc)
+    if bundle is None:
+        log.info("exporting random-weight %s to %s", model_name, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        edgeclip.export_bundle(path, model_name, overwrite=True, progress=bool(kwargs.get("progress", True)))
+        bundle = B.open_bundle(path, verify=True)
+    return bench_encoders(bundle, **kwargs)

@@ -1,0 +1,263 @@
+"""Benchmark reports: a JSON file with the machine it ran on, and a Markdown table for humans.
+
+A results dict (as returned by `bench_encoders`) has `rows` (a list of flat dicts) and may have
+`title`, `columns` (the Markdown table's columns, in order), `notes` (lines printed under the table)
+and `config`; everything in it goes into the JSON unchanged.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "CpuSnapshot",
+    "cpu_snapshot",
+    "format_value",
+    "load_average",
+    "machine_info",
+    "markdown_table",
+    "other_cpu_load",
+    "write_report",
+]
+
+
+def machine_info(threads: int | None = None) -> dict[str, Any]:
+    """What a timing depends on: CPU, library versions, thread counts, GPU if any, and when.
+
+    `threads` is the thread count the benchmark asked for (None: library defaults).
+    """
+    import numpy as np
+    import torch
+
+    import edgeclip
+
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        usable = os.cpu_count()
+    info: dict[str, Any] = {
+        "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "cpu_usable": usable,
+        "threads": threads,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "edgeclip": edgeclip.__version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "onnxruntime": None,
+        "ort_providers": [],
+        "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "load_avg_1m": load_average(),
+    }
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        pass
+    else:
+        info["onnxruntime"] = ort.__version__
+        info["ort_providers"] = list(ort.get_available_providers())
+    return info
+
+
+def load_average() -> float | None:
+    """The 1-minute load average (runnable processes), None where the OS has none.
+
+    Other work on the machine skews CPU timings badly: a thread pool as wide as the machine stalls at
+    every barrier when a core is taken (a tiny ViT went from 1.4 ms to 170 ms at 2 threads beside two
+    busy processes on a 2-core VM), so reports carry it.
+    """
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
+@dataclass(frozen=True)
+class CpuSnapshot:
+    """Clock, machine-wide busy CPU seconds (/proc/stat, steal included) and this process's CPU seconds."""
+
+    wall: float
+    machine_busy_s: float
+    own_s: float
+
+
+def cpu_snapshot() -> CpuSnapshot | None:
+    """A `CpuSnapshot` now; None where /proc/stat cannot be read (not Linux)."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    # user nice system idle iowait irq softirq steal [guest guest_nice: already inside user/nice]
+    busy = sum(fields[:3]) + sum(fields[5:8])
+    t = os.times()
+    return CpuSnapshot(time.perf_counter(), busy / os.sysconf("SC_CLK_TCK"), t.user + t.system)
+
+
+def other_cpu_load(start: CpuSnapshot | None, end: CpuSnapshot | None) -> float | None:
+    """CPU cores other processes (and the hypervisor, as steal) kept busy on average between two
+    snapshots: 0.0 on an idle machine whatever this process did; None when unknown or too short."""
+    if start is None or end is None or end.wall - start.wall < 0.05:
+        return None
+    other = (end.machine_busy_s - start.machine_busy_s) - (end.own_s - start.own_s)
+    return round(max(0.0, other / (end.wall - start.wall)), 2)
+
+
+def _cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo where there is one (Linux), else ''."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def format_value(value: Any) -> str:
+    """One table cell: floats to about three significant figures, None/NaN as '–', '|' escaped."""
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return "–" if math.isnan(value) else str(value)
+        mag = abs(value)
+        if mag >= 100:
+            return f"{value:.0f}"
+        if mag >= 10:
+            return f"{value:.1f}"
+        if mag >= 1:
+            return f"{value:.2f}"
+        return f"{value:.3g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(format_value(v) for v in value)
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    """A GitHub Markdown table of `rows` restricted to `columns` (a missing key is an empty cell).
+
+    Numeric columns are right-aligned (every non-empty value is an int or float).
+    """
+    if not columns:
+        raise ValueError("markdown_table needs at least one column")
+    cells = [[format_value(r[c]) if c in r else "" for c in columns] for r in rows]
+    header = [format_value(c) for c in columns]
+    numeric = [
+        all(isinstance(r.get(c), (int, float)) and not isinstance(r.get(c), bool)
+            for r in rows if r.get(c) is not None) and any(r.get(c) is not None for r in rows)
+        for c in columns
+    ]
+    widths = [max([len(h), 3, *(len(row[i]) for row in cells)]) for i, h in enumerate(header)]
+
+    def line(values: Sequence[str]) -> str:
+        out = [v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric, strict=True)]
+        return "| " + " | ".join(out) + " |"
+
+    rule = "| " + " | ".join(("-" * (w - 1) + ":") if num else "-" * w
+                             for w, num in zip(widths, numeric, strict=True)) + " |"
+    return "\n".join([line(header), rule, *(line(row) for row in cells)]) + "\n"
+
+
+def _columns(results: dict[str, Any]) -> list[str]:
+    if results.get("columns"):
+        return list(results["columns"])
+    seen: dict[str, None] = {}
+    for row in results.get("rows", []):
+        for k in row:
+            seen.setdefault(k, None)
+    return list(seen)
+
+
+def render_markdown(results: dict[str, Any], name: str, machine: dict[str, Any]) -> str:
+    """The Markdown page for `results`: title, machine line, table, notes."""
+    title = results.get("title") or name
+    m = machine
+    cpu = f"{m.get('processor') or m.get('machine')}, {m.get('cpu_usable')}/{m.get('cpu_count')} CPUs usable"
+    gpu = f", {m['cuda_device']}" if m.get("cuda_device") else ""
+    libs = f"torch {m.get('torch')}, onnxruntime {m.get('onnxruntime')}; load {m.get('load_avg_1m')}"
+    lines = [f"# {title}", "",
+             f"{cpu}{gpu}; threads={m.get('threads')}; {libs}; {m.get('platform')}; {m.get('timestamp')}", ""]
+    rows = results.get("rows", [])
+    cols = _columns(results)
+    lines.append(markdown_table(rows, cols) if rows and cols else "_no rows_\n")
+    for note in results.get("notes", []):
+        lines.append(f"- {note}")
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` to a new file beside `path`, flush it to disk, then rename it into place.
+
+    The temporary file is opened in exclusive mode, so it gets the usual umask permissions.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "x", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "to_dict"):
+        return obj.to_dict()
+    if hasattr(obj, "item"):  # numpy / torch scalars
+        return obj.item()
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    raise TypeError(f"write_report: {type(obj).__name__} is not JSON serialisable")
+
+
+def _finite(obj: Any) -> Any:
+    """NaN and Inf become None (strict JSON has neither)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def write_report(results: dict[str, Any], out_dir: Path, name: str) -> dict[str, Path]:
+    """Write `out_dir/name.json` (results plus `machine`) and `out_dir/name.md`, each atomically.
+
+    The machine info is `results["machine"]` when the benchmark recorded it, else taken now (with
+    `results["config"]["threads"]` when present). Returns `{"json": path, "md": path}`.
+    """
+    if not name or "/" in name or name.startswith("."):
+        raise ValueError(f"report name must be a plain file stem, got {name!r}")
+    out_dir = Path(out_dir).expanduser()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    machine = results.get("machine") or machine_info((results.get("config") or {}).get("threads"))
+    payload = {"name": name, **results, "machine": machine}
+    payload = _finite(json.loads(json.dumps(payload, default=_json_default)))
+    text = json.dumps(payload, indent=2, allow_nan=False) + "\n"
+    paths = {"json": out_dir / f"{name}.json", "md": out_dir / f"{name}.md"}
+    _atomic_write_text(paths["json"], text)
+    _atomic_write_text(paths["md"], render_markdown(results, name, machine))
+    return paths

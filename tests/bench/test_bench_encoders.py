@@ -1,0 +1,231 @@
+"""The benchmark harness: timing statistics, reports, and the encoder bench on a tiny bundle.
+
+No assertion here is about speed: only shapes of results, fields and invariants. `tiny_bundle` is
+the session fixture of tests/conftest.py (test-tiny-vit exported once).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from edgeclip.bench import bench_encoders, write_report
+from edgeclip.bench.encoders import class_names, default_backends, parse_backend, prompts
+from edgeclip.bench.report import machine_info, markdown_table
+from edgeclip.bench.timing import TimingStats, measure, measure_interleaved, ratio_with_spread
+from edgeclip.runtime.ort_session import CPU_EP, available_providers
+
+HAS_ORT = CPU_EP in available_providers()
+
+
+# -- timing -------------------------------------------------------------------------------------
+def _work() -> int:
+    return sum(i * i for i in range(2000))
+
+
+def test_measure_counts_and_order() -> None:
+    calls = []
+    st = measure(lambda: calls.append(_work()), warmup=2, repeats=7)
+    assert st.n == 7 == len(st.samples_ms)
+    assert len(calls) == 9  # warm-up calls are made but not recorded
+    assert 0 < st.min_ms <= st.median_ms <= st.p90_ms <= max(st.samples_ms)
+    assert st.min_ms <= st.mean_ms <= max(st.samples_ms)
+
+
+def test_measure_sync_called_around_every_timed_call() -> None:
+    syncs = []
+    measure(_work, warmup=1, repeats=4, sync=lambda: syncs.append(1))
+    assert len(syncs) == 2 * (1 + 4)
+
+
+def test_measure_min_time_and_max_time() -> None:
+    st = measure(_work, warmup=0, repeats=1, min_time=0.02)
+    assert sum(st.samples_ms) >= 20.0
+    # a tiny budget stops at min_repeats even though repeats asks for more
+    st = measure(_work, warmup=5, repeats=1000, max_time=1e-9, min_repeats=3)
+    assert st.n == 3
+    with pytest.raises(ValueError, match="repeats"):
+        measure(_work, repeats=0)
+    with pytest.raises(ValueError, match="max_time"):
+        measure(_work, max_time=-1.0)
+
+
+def test_ratio_with_spread() -> None:
+    a = TimingStats.from_samples([1.0, 1.0, 1.0, 1.0])
+    b = TimingStats.from_samples([2.0, 2.0, 3.0, 2.0])
+    r = ratio_with_spread(a, b)
+    assert r["ratio"] == pytest.approx(2.0)
+    assert r["ratio_lo"] <= r["ratio"] <= r["ratio_hi"]
+    assert r["ratio_p90"] == pytest.approx(b.p90_ms)
+    same = ratio_with_spread(a, a)
+    assert same == {"ratio": 1.0, "ratio_p90": 1.0, "ratio_lo": 1.0, "ratio_hi": 1.0}
+    with pytest.raises(ValueError):
+        TimingStats.from_samples([])
+
+
+# -- report -------------------------------------------------------------------------------------
+def test_markdown_table_formatting() -> None:
+    rows = [{"name": "a|b", "ms": 1234.5678, "ratio": 0.012345, "n": 3},
+            {"name": "c", "ms": 12.345, "ratio": None}]
+    text = markdown_table(rows, ["name", "ms", "ratio", "n"])
+    lines = text.strip().split("\n")
+    assert len(lines) == 4
+    assert all(line.startswith("| ") and line.endswith(" |") for line in lines)
+    assert len({len(line) for line in lines}) == 1  # columns padded to one width
+    assert lines[1].replace(" ", "").startswith("|---")  # text column left-aligned
+    assert lines[1].rstrip(" |").endswith(":")  # numeric column right-aligned
+    assert "a\\|b" in lines[2] and "1235" in lines[2] and "0.0123" in lines[2]
+    assert "12.3" in lines[3] and "–" in lines[3]
+    assert lines[3].split("|")[4].strip() == ""  # missing key -> empty cell
+    with pytest.raises(ValueError):
+        markdown_table(rows, [])
+
+
+def test_write_report(tmp_path: Path) -> None:
+    results = {"title": "T", "columns": ["x", "y"], "rows": [{"x": "a", "y": 1.5, "z": float("nan")}],
+               "config": {"threads": 2}, "notes": ["a note"]}
+    paths = write_report(results, tmp_path / "out", "rep")
+    assert set(paths) == {"json", "md"}
+    data = json.loads(paths["json"].read_text())
+    assert data["rows"][0]["z"] is None  # strict JSON: NaN written as null
+    m = data["machine"]
+    for key in ("cpu_count", "torch", "onnxruntime", "platform", "threads", "timestamp"):
+        assert key in m
+    assert m["threads"] == 2
+    md = paths["md"].read_text()
+    assert md.startswith("# T\n") and "| x" in md and "1.50" in md and "- a note" in md
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["rep.json", "rep.md"]  # no temp files
+    with pytest.raises(ValueError):
+        write_report(results, tmp_path, "../escape")
+
+
+def test_machine_info() -> None:
+    m = machine_info(threads=3)
+    assert m["threads"] == 3 and m["cpu_count"] >= 1 and m["torch"]
+
+
+# -- encoder bench ------------------------------------------------------------------------------
+def test_prompts_deterministic() -> None:
+    names = class_names(40)
+    assert names == class_names(40) and len(set(names)) == 40
+    assert {len(n.split()) for n in names} == {1, 2, 3, 4}
+    assert prompts(3)[0] == f"a photo of a {names[0]}."
+
+
+def test_backend_specs() -> None:
+    assert parse_backend("torch").backend == "torch"
+    assert default_backends("cpu")[0] == "torch"
+    with pytest.raises(ValueError, match="unknown backend"):
+        parse_backend("tensorflow")
+    if HAS_ORT:
+        assert "onnxruntime:CPUExecutionProvider" in default_backends("cpu")
+        assert parse_backend("onnxruntime", "cpu").provider == CPU_EP
+
+
+@pytest.mark.skipif(not HAS_ORT, reason="onnxruntime is not installed")
+def test_bench_encoders_tiny(tiny_bundle: Path, tmp_path: Path) -> None:
+    res = bench_encoders(tiny_bundle, batches=(1, 2), repeats=2, warmup=1, threads=1, progress=False)
+    rows = res["rows"]
+    assert res["config"]["backends"] == ["torch", f"onnxruntime:{CPU_EP}"]
+    keys = {(r["encoder"], r["backend"], r["batch"]) for r in rows}
+    assert keys == {(e, b, n) for e in ("image", "text") for b in ("torch", "onnxruntime") for n in (1, 2)}
+    assert len(rows) == 8
+    for r in rows:
+        assert r["error"] is None
+        assert r["median_ms"] > 0 and r["p90_ms"] >= r["median_ms"] > 0
+        assert r["per_item_ms"] == pytest.approx(r["median_ms"] / r["batch"])
+        assert r["n"] == 2 == len(r["samples_ms"])
+        assert "speedup" in r
+        if r["backend"] == "onnxruntime":
+            assert r["provider"] == CPU_EP
+            assert r["speedup"] > 0 and r["speedup_lo"] <= r["speedup_hi"]
+        else:
+            assert r["provider"] is None and r["speedup"] is None
+        if r["encoder"] == "text":
+            assert 3 < r["tokens"] < 77  # prompts are short: the causal tower is truncated
+    # the report the CLI will write from it
+    paths = write_report(res, tmp_path, "encoders")
+    data = json.loads(paths["json"].read_text())
+    assert len(data["rows"]) == 8 and data["machine"]["threads"] == 1
+    assert "speedup" in paths["md"].read_text()
+
+
+def test_bench_encoders_rejects_bad_args(tiny_bundle: Path) -> None:
+    with pytest.raises(ValueError, match="batch"):
+        bench_encoders(tiny_bundle, batches=(0,), progress=False)
+    with pytest.raises(ValueError, match="repeat"):
+        bench_encoders(tiny_bundle, backends=["torch", "torch"], progress=False)
+
+
+@pytest.mark.skipif(not HAS_ORT, reason="onnxruntime is not installed")
+def test_provider_pinned_model_matches_default(tiny_bundle: Path) -> None:
+    """The one-provider sessions (used for e.g. the CUDA EP beside the TensorRT EP) give the same
+    embeddings as the sessions `edgeclip.load` makes."""
+    import torch
+
+    import edgeclip
+    from edgeclip.bench.encoders import _ProviderEdgeClip
+    from edgeclip.runtime.bundle import open_bundle
+
+    b = open_bundle(tiny_bundle)
+    pinned = _ProviderEdgeClip(b, CPU_EP, "cpu", threads=1)
+    ref = edgeclip.load(b, backend="onnxruntime", threads=1)
+    x = torch.randn(2, 3, ref.preprocess_cfg.image_size, ref.preprocess_cfg.image_size)
+    torch.testing.assert_close(pinned.image_encoder(x), ref.image_encoder(x))
+    assert pinned.image_encoder.session.get_providers()[0] == CPU_EP
+
+
+def test_measure_interleaved_round_robin() -> None:
+    order: list[str] = []
+    count = {"a": 0, "b": 0}
+
+    def call(name: str) -> None:
+        count[name] += 1
+        if not order or order[-1] != name:  # record runs, not every settle call
+            order.append(name)
+        _work()
+
+    fns = {"a": lambda: call("a"), "b": lambda: call("b")}
+    st = measure_interleaved(fns, warmup=1, repeats=4)
+    assert st["a"].n == st["b"].n == 4
+    # warm-ups (a, b), then per round a's settle + timed calls, then b's
+    assert order == ["a", "b"] * 5
+    assert min(count.values()) > 1 + 4 * 2  # settle calls ran before the timed ones
+    r = ratio_with_spread(st["a"], st["b"], paired=True)
+    assert r["ratio_lo"] <= r["ratio_hi"]
+    with pytest.raises(ValueError, match="paired"):
+        ratio_with_spread(TimingStats.from_samples([1.0]), TimingStats.from_samples([1.0, 2.0]), paired=True)
+    # one function: no settle calls
+    calls: list[int] = []
+    measure_interleaved({"x": lambda: calls.append(1)}, warmup=0, repeats=3)
+    assert len(calls) == 3
+
+
+def test_out_of_memory_becomes_an_error_row() -> None:
+    from edgeclip.bench.encoders import BackendSpec, _Case, _time_case
+
+    def oom() -> None:
+        raise MemoryError("no room")
+
+    specs = {"torch": BackendSpec("torch", None, "cpu"),
+             f"onnxruntime:{CPU_EP}": BackendSpec("onnxruntime", CPU_EP, "cpu")}
+    case = _Case("image", 4, None, {"torch": _work, f"onnxruntime:{CPU_EP}": oom})
+    rows, stats, paired = _time_case(case, specs, warmup=0, repeats=2, time_budget_s=1.0)
+    assert not paired and set(stats) == {"torch"}
+    ok, bad = rows
+    assert ok["error"] is None and ok["median_ms"] > 0
+    assert bad["median_ms"] is None and "out of memory" in bad["error"]
+    case = _Case("image", 4, None, {"torch": lambda: 1 / 0})
+    with pytest.raises(ZeroDivisionError):  # anything else is a bug, not a measurement
+        _time_case(case, specs, warmup=0, repeats=2, time_budget_s=1.0)
+
+
+@pytest.mark.skipif(not HAS_ORT, reason="onnxruntime is not installed")
+def test_bench_encoders_sequential(tiny_bundle: Path) -> None:
+    res = bench_encoders(tiny_bundle, batches=(2,), text_batches=(), repeats=2, warmup=0, interleave=False,
+                         progress=False)
+    assert res["config"]["interleave"] is False
+    assert [(r["encoder"], r["backend"]) for r in res["rows"]] == [("image", "torch"), ("image", "onnxruntime")]
+    assert res["rows"][1]["speedup"] > 0
