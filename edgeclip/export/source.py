@@ -26,14 +26,6 @@ class SourceModel:
     source: dict[str, Any] = field(default_factory=dict)
 
 
-def _register_project_configs() -> None:
-    try:
-        from edgeclip.micro.config import register_micro_config
-    except ImportError:  # pragma: no cover - the micro package is part of edgeclip
-        return
-    register_micro_config()
-
-
 def _uses_quick_gelu(model: nn.Module) -> bool:
     from open_clip.transformer import QuickGELU
 
@@ -44,7 +36,9 @@ def model_config(model_name: str) -> dict[str, Any]:
     """The open_clip architecture config for `model_name`, or an `ExportError` listing close names."""
     import open_clip
 
-    _register_project_configs()
+    from edgeclip.micro.config import register_micro_config
+
+    register_micro_config()
     cfg = open_clip.get_model_config(model_name)
     if cfg is None:
         known = open_clip.list_models()

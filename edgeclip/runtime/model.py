@@ -28,7 +28,7 @@ from edgeclip.runtime.images import PreprocessConfig, preprocess
 from edgeclip.runtime.ort_session import available_providers, make_session
 from edgeclip.runtime.prediction import Prediction
 from edgeclip.runtime.prompt import PromptContext
-from edgeclip.runtime.text_tower import TextTower, load_text_tower_state
+from edgeclip.runtime.text_tower import TextTower, load_float_state
 from edgeclip.runtime.tokenizer import Tokenizer, TokenizerSpec
 
 log = logging.getLogger(__name__)
@@ -104,12 +104,8 @@ class EdgeClip:
         cfg = self.bundle.manifest["model_config"]
         visual = _build_vision_tower(cfg["embed_dim"], dict(cfg["vision_cfg"]),
                                      quick_gelu=self.bundle.manifest.get("quick_gelu", False))
-        state = _read_safetensors(self.bundle.file(B.IMAGE_TOWER))
-        state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
-        try:
-            visual.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            raise BundleError(f"{self.bundle.file(B.IMAGE_TOWER)} does not match the manifest: {exc}") from exc
+        path = self.bundle.file(B.IMAGE_TOWER)
+        load_float_state(visual, _read_safetensors(path), str(path))
         return visual
 
     @cached_property
@@ -118,8 +114,8 @@ class EdgeClip:
         m = self.bundle.manifest
         cfg = m["model_config"]
         tower = TextTower.from_config(cfg["embed_dim"], cfg["text_cfg"], m.get("quick_gelu", False))
-        load_text_tower_state(tower, _read_safetensors(self.bundle.file(B.TEXT_TOWER)),
-                              str(self.bundle.file(B.TEXT_TOWER)))
+        path = self.bundle.file(B.TEXT_TOWER)
+        load_float_state(tower, _read_safetensors(path), str(path))
         if tower.causal != bool(m["text"]["causal"]):
             raise BundleError(f"{self.bundle.path}: manifest says causal={m['text']['causal']}, config disagrees")
         return tower.to(self.device).eval()

@@ -149,10 +149,11 @@ class TextTower(nn.Module):
         return self.forward_full(token_embeds, eot_index)
 
 
-def load_text_tower_state(tower: TextTower, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load weights into `tower`, turning a mismatch into a `BundleError` that names the file."""
+def load_float_state(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load (possibly fp16-stored) weights into `module` as float32; a mismatch becomes a `BundleError`
+    naming the file."""
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     try:
-        tower.load_state_dict(state, strict=True)
+        module.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise BundleError(f"{source} does not match the text tower described in the manifest: {exc}") from exc
+        raise BundleError(f"{source} does not match the tower described in the manifest: {exc}") from exc
