@@ -18,7 +18,7 @@ import torch
 
 from edgeclip.errors import InputError
 
-__all__ = ["BOX_FIELDS", "FILTERS", "center_box", "resample_weights", "sample_boxes"]
+__all__ = ["BOX_FIELDS", "FILTERS", "center_box", "resample_weights", "resample_windows", "sample_boxes"]
 
 BOX_FIELDS: tuple[str, ...] = ("top", "left", "height", "width", "flip")
 
@@ -32,7 +32,7 @@ _SUPPORT = {0: 1.0, 1: 2.0}  # half-width of each filter at scale 1
 def center_box(height: int, width: int) -> tuple[int, int, int, int]:
     """The centred square of side ``min(height, width)``: CLIP's resize-shorter-side + centre crop."""
     side = min(height, width)
-    return (int(round((height - side) / 2.0)), int(round((width - side) / 2.0)), side, side)
+    return (round((height - side) / 2.0), round((width - side) / 2.0), side, side)
 
 
 def sample_boxes(
@@ -87,9 +87,9 @@ def sample_boxes(
     # fallback (no attempt fits): the centre crop at the nearest allowed aspect ratio, as torchvision does
     in_ratio = width / height
     if in_ratio < ratio[0]:
-        fw, fh = width, int(round(width / ratio[0]))
+        fw, fh = width, round(width / ratio[0])
     elif in_ratio > ratio[1]:
-        fh, fw = height, int(round(height * ratio[1]))
+        fh, fw = height, round(height * ratio[1])
     else:
         fw, fh = width, height
     fallback = first < 0
@@ -113,12 +113,13 @@ def _filter(x: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
     return torch.where(code.bool(), cub, tri)
 
 
-def resample_weights(
-    start: torch.Tensor, length: torch.Tensor, out_size: int, in_size: int, filter_code: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+def resample_windows(
+    start: torch.Tensor, length: torch.Tensor, out_size: int, filter_code: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """1-D antialiased resampling of the source span ``[start, start + length)`` onto ``out_size`` samples,
-    one span per view: returns source indices ``[N, out_size, T]`` (int64, clamped into the frame) and
-    normalised weights ``[N, out_size, T]`` (float64; zero on padding taps).
+    one span per view. Returns, per view and output sample, the first source index (absolute, int64
+    ``[N, out_size]``), the number of taps (int64 ``[N, out_size]``) and the normalised tap weights
+    (float64 ``[N, out_size, T]``, zero past each window).
 
     The taps follow torch's antialiased interpolation (``interpolate(..., antialias=True)``): scale
     ``length / out_size``, support widened by the scale when downsampling, window ``[int(c - s + .5),
@@ -139,9 +140,19 @@ def resample_weights(
     taps = int(torch.ceil(support.max() * 2.0).item()) + 2
     j = torch.arange(taps, dtype=torch.float64).view(1, 1, -1)
     pos = xmin + j  # position inside the span
-    w = _filter((pos - center + 0.5) * inv, code)
-    w = torch.where(pos < xmax, w, torch.zeros_like(w))
+    inside = pos < xmax
+    w = torch.where(inside, _filter((pos - center + 0.5) * inv, code), torch.zeros(()))
     total = w.sum(-1, keepdim=True)
     w = torch.where(total != 0, w / total, w)
-    idx = (start + pos).clamp(0, in_size - 1).to(torch.int64)
-    return idx, w
+    first = (start + xmin).squeeze(-1).to(torch.int64)
+    return first, inside.sum(-1), w
+
+
+def resample_weights(
+    start: torch.Tensor, length: torch.Tensor, out_size: int, in_size: int, filter_code: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The taps of :func:`resample_windows` as source indices ``[N, out_size, T]`` (int64, clamped into
+    ``[0, in_size)``) and weights ``[N, out_size, T]`` (float64, zero on padding taps)."""
+    first, _, w = resample_windows(start, length, out_size, filter_code)
+    idx = first.unsqueeze(-1) + torch.arange(w.shape[-1]).view(1, 1, -1)
+    return idx.clamp(0, in_size - 1), w
