@@ -91,9 +91,8 @@ def augment_views(
             raise InputError("impl='triton' needs a CUDA frame (or TRITON_INTERPRET=1 for Triton's CPU interpreter)")
         from edgeclip.kernels.cuda.augment_views import augment_views_triton
 
-        views = augment_views_triton(
-            frame, boxes.to(frame.device), filters.to(frame.device), size, tuple(mean), tuple(std), dtype
-        )
+        # boxes stay on the CPU: the kernel validates them there (no device sync) and copies them over
+        views = augment_views_triton(frame, boxes, filters, size, tuple(mean), tuple(std), dtype)
     else:
         from edgeclip.kernels.cpu_views import resample_views
 

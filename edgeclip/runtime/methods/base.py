@@ -1,0 +1,99 @@
+"""What every test-time adaptation method shares: views of a frame, their embeddings, the predict loop."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from edgeclip.errors import InputError
+from edgeclip.runtime.classnames import validate_class_names
+from edgeclip.runtime.methods.frames import ViewFn, iter_frames, kernel_views
+from edgeclip.runtime.model import EdgeClip
+from edgeclip.runtime.prediction import Prediction
+
+__all__ = ["FrameResult", "TestTimeMethod"]
+
+
+class FrameResult:
+    """One frame's class probabilities ``[C]`` and what the method wants to report about it."""
+
+    __slots__ = ("info", "probs")
+
+    def __init__(self, probs: torch.Tensor, info: dict[str, Any] | None = None) -> None:
+        self.probs = probs
+        self.info = info or {}
+
+
+class TestTimeMethod:
+    """Base class: `predict(images)` adapts on every frame (episodic by default) and returns a Prediction.
+
+    Subclasses implement `adapt(views_embeds) -> FrameResult`, given the embeddings ``[N, D]`` of the N views
+    of one frame (view 0 is the plain CLIP view), all computed by the image encoder in one batch.
+    """
+
+    name = "base"
+    __test__ = False  # not a pytest class
+
+    def __init__(
+        self,
+        model: EdgeClip,
+        class_names: Sequence[str],
+        *,
+        n_views: int = 64,
+        rho: float = 0.1,
+        seed: int = 0,
+        views: ViewFn | None = None,
+    ) -> None:
+        if n_views < 1:
+            raise InputError(f"n_views must be >= 1, got {n_views}")
+        if not 0.0 < rho <= 1.0:
+            raise InputError(f"rho must lie in (0, 1], got {rho}")
+        self.model = model
+        self.class_names = validate_class_names(class_names)
+        self.n_views = n_views
+        self.rho = rho
+        self.seed = seed
+        self.generator = torch.Generator().manual_seed(seed)
+        self.views = views or kernel_views(model.preprocess_cfg)
+        self.scale = float(model.logit_scale)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def embed_views(self, frame: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """The frame's N views through the image encoder in one batch: embeddings ``[N, D]`` (no gradient)."""
+        t0 = time.perf_counter()
+        views = self.views(frame, self.n_views, self.generator).to(self.device)
+        t1 = time.perf_counter()
+        with torch.no_grad():
+            emb = self.model.image_encoder(views).float()
+        t2 = time.perf_counter()
+        return emb, {"views": t1 - t0, "image_encoder": t2 - t1}
+
+    def adapt(self, embeds: torch.Tensor) -> FrameResult:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        """Forget everything adapted so far."""
+
+    def predict(self, images: Any) -> Prediction:
+        """Adapt on each frame of `images` (one image, a list, or a uint8 batch ``[B, H, W, 3]``) and predict it."""
+        probs, infos = [], []
+        timings: dict[str, float] = {}
+        for frame in iter_frames(images):
+            embeds, t = self.embed_views(frame)
+            t0 = time.perf_counter()
+            result = self.adapt(embeds)
+            t["adapt"] = time.perf_counter() - t0
+            for k, v in t.items():
+                timings[k] = timings.get(k, 0.0) + v
+            probs.append(result.probs.detach().float().cpu())
+            infos.append(result.info)
+        if not probs:
+            raise InputError("predict needs at least one image")
+        p = torch.stack(probs)
+        return Prediction(p.argmax(dim=1), p, self.class_names, timings, {"method": self.name, "frames": infos})
