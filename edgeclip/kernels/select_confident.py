@@ -1,5 +1,8 @@
 """`select_confident`: softmax, per-view entropy, the most confident views and the log mean probability
-over them — what TPT, PromptSync and ZERO need from the logits of N augmented views (PyTorch reference)."""
+over them — what TPT, PromptSync and ZERO need from the logits of N augmented views (PyTorch reference).
+
+CUDA tensors are dispatched to the single-kernel Triton version (`edgeclip.kernels.cuda.select_confident`);
+``impl=`` forces either implementation."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ from typing import NamedTuple
 import torch
 
 from edgeclip.errors import InputError
+from edgeclip.kernels.cosine_logits import use_triton
 
 
 class Confident(NamedTuple):
@@ -17,21 +21,32 @@ class Confident(NamedTuple):
     log_mean_prob: torch.Tensor  # [C] log of the mean probability over the selected views
 
 
+_TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
 def n_selected(n_views: int, rho: float) -> int:
     """How many views the top-ρ fraction keeps (at least one), as TPT counts them."""
     return max(1, int(n_views * rho))
 
 
-def select_confident(logits: torch.Tensor, rho: float = 0.1, force_first: bool = False) -> Confident:
+def select_confident(
+    logits: torch.Tensor, rho: float = 0.1, force_first: bool = False, *, impl: str = "auto"
+) -> Confident:
     """Keep the `max(1, int(ρN))` lowest-entropy views; with `force_first`, view 0 (the unaugmented
     image) is always kept and the others are the most confident of views 1..N-1 (K = that count + 1).
 
-    Differentiable with respect to `logits` through `probs`, `entropy` and `log_mean_prob`.
+    Differentiable with respect to `logits` through `probs`, `entropy` and `log_mean_prob`. ``impl``:
+    ``"auto"`` (the Triton kernel for floating-point CUDA tensors, PyTorch otherwise), ``"torch"`` or
+    ``"triton"`` (see `edgeclip.kernels.cosine_logits.use_triton`).
     """
     if logits.dim() != 2 or logits.shape[0] < 1 or logits.shape[1] < 1:
         raise InputError(f"select_confident needs logits [N, C] with N, C >= 1, got {list(logits.shape)}")
     if not 0.0 < rho <= 1.0:
         raise InputError(f"rho must lie in (0, 1], got {rho}")
+    if use_triton(impl, logits, "select_confident", _TRITON_DTYPES):
+        from edgeclip.kernels.cuda.select_confident import select_confident_triton
+
+        return select_confident_triton(logits, rho, force_first)
     n = logits.shape[0]
     logp = logits.float().log_softmax(dim=1)
     probs = logp.exp()
