@@ -4,8 +4,8 @@ Two implementations apply the same taps (`view_boxes.resample_windows`, torch's 
 
 * ``native``: a small C kernel (`csrc/resample_views.c`) compiled with the system C compiler on first use
   and cached (``$EDGECLIP_CACHE`` or ``~/.cache/edgeclip``), called through ctypes; views are shared out
-  over threads. Per view it runs a vertical pass over the box's columns as long vectorised multiply-adds,
-  then a horizontal pass per output row.
+  over threads. Per view it computes the taps, runs a vertical pass over the box's columns as long
+  vectorised multiply-adds, then a horizontal pass on blocks of output rows.
 * ``torch``: the PyTorch reference, batched over views with two sparse matrix products (horizontal taps of
   every view, then vertical taps as a block-diagonal matrix). Exact, portable, and several times slower.
 
@@ -82,7 +82,7 @@ def _build() -> ctypes.CDLL:
     lib = ctypes.CDLL(str(target))
     fn = lib.edgeclip_resample_views
     p, i64 = ctypes.c_void_p, ctypes.c_int64
-    fn.argtypes = [p, i64, i64, i64, i64, p, p, p, p, i64, p, p, p, i64, p, p, p, i64]
+    fn.argtypes = [p, i64, i64, i64, i64, p, p, p, p, p, i64]
     fn.restype = ctypes.c_int
     return lib
 
@@ -127,19 +127,15 @@ def _windows(boxes: torch.Tensor, filters: torch.Tensor, size: int):
 
 def _run_native(lib: ctypes.CDLL, frame: torch.Tensor, boxes: torch.Tensor, filters: torch.Tensor, size: int,
                 mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    y0, ny, wy, x0, nx, wx = _windows(boxes, filters, size)
     scale, bias = _scale_bias(mean, std)
     n = boxes.shape[0]
     out = torch.empty(n, 3, size, size, dtype=torch.float32)
-    keep = [frame, boxes.contiguous(), y0.contiguous(), ny.contiguous(), wy, x0.contiguous(), nx.contiguous(), wx,
-            scale, bias, out]
+    keep = [frame, boxes, filters.contiguous(), scale, bias, out]
     ptr = [t.data_ptr() for t in keep]
-    status = lib.edgeclip_resample_views(
-        ptr[0], frame.shape[0], frame.shape[1], n, size, ptr[1], ptr[2], ptr[3], ptr[4], wy.shape[-1],
-        ptr[5], ptr[6], ptr[7], wx.shape[-1], ptr[8], ptr[9], ptr[10], max(1, torch.get_num_threads()),
-    )
+    status = lib.edgeclip_resample_views(ptr[0], frame.shape[0], frame.shape[1], n, size, ptr[1], ptr[2], ptr[3],
+                                         ptr[4], ptr[5], max(1, torch.get_num_threads()))
     if status != 0:
-        raise MemoryError("the native view kernel could not allocate its row buffer")
+        raise MemoryError("the native view kernel could not allocate its buffers")
     return out
 
 
