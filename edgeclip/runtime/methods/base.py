@@ -18,13 +18,15 @@ __all__ = ["FrameResult", "TestTimeMethod"]
 
 
 class FrameResult:
-    """One frame's class probabilities ``[C]`` and what the method wants to report about it."""
+    """One frame's class probabilities ``[C]``, its label when it is not their argmax, and what the method
+    wants to report about it."""
 
-    __slots__ = ("info", "probs")
+    __slots__ = ("info", "label", "probs")
 
-    def __init__(self, probs: torch.Tensor, info: dict[str, Any] | None = None) -> None:
+    def __init__(self, probs: torch.Tensor, info: dict[str, Any] | None = None, label: int | None = None) -> None:
         self.probs = probs
         self.info = info or {}
+        self.label = int(probs.argmax()) if label is None else int(label)
 
 
 class TestTimeMethod:
@@ -82,7 +84,7 @@ class TestTimeMethod:
 
     def predict(self, images: Any) -> Prediction:
         """Adapt on each frame of `images` (one image, a list, or a uint8 batch ``[B, H, W, 3]``) and predict it."""
-        probs, infos = [], []
+        probs, labels, infos = [], [], []
         timings: dict[str, float] = {}
         for frame in iter_frames(images):
             embeds, t = self.embed_views(frame)
@@ -92,8 +94,9 @@ class TestTimeMethod:
             for k, v in t.items():
                 timings[k] = timings.get(k, 0.0) + v
             probs.append(result.probs.detach().float().cpu())
+            labels.append(result.label)
             infos.append(result.info)
         if not probs:
             raise InputError("predict needs at least one image")
-        p = torch.stack(probs)
-        return Prediction(p.argmax(dim=1), p, self.class_names, timings, {"method": self.name, "frames": infos})
+        return Prediction(torch.tensor(labels, dtype=torch.int64), torch.stack(probs), self.class_names, timings,
+                          {"method": self.name, "frames": infos})
