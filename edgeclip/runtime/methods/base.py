@@ -11,6 +11,7 @@ import torch
 from edgeclip.errors import InputError
 from edgeclip.runtime.classnames import validate_class_names
 from edgeclip.runtime.methods.frames import ViewFn, iter_frames, kernel_views
+from edgeclip.runtime.methods.guard import CollapseGuard
 from edgeclip.runtime.model import EdgeClip
 from edgeclip.runtime.prediction import Prediction
 
@@ -33,8 +34,12 @@ class TestTimeMethod:
     """Base class: `predict(images)` adapts on every frame (episodic by default) and returns a Prediction.
 
     Subclasses implement `adapt(views_embeds) -> FrameResult`, given the embeddings ``[N, D]`` of the N views
-    of one frame (view 0 is the plain CLIP view), all computed by the image encoder in one batch.
+    of one frame (view 0 is the plain CLIP view), all computed by the image encoder in one batch, and
+    `reset()`. In ``episodic`` mode the state is reset after every frame; in ``online`` mode it is carried
+    from frame to frame and a `CollapseGuard` resets it when one class takes over the predictions.
     """
+
+    modes: tuple[str, ...] = ("episodic", "online")
 
     name = "base"
     __test__ = False  # not a pytest class
@@ -48,7 +53,11 @@ class TestTimeMethod:
         rho: float = 0.1,
         seed: int = 0,
         views: ViewFn | None = None,
+        mode: str = "episodic",
+        guard: CollapseGuard | None = None,
     ) -> None:
+        if mode not in self.modes:
+            raise InputError(f"{self.name} runs in one of the modes {self.modes}, not {mode!r}")
         if n_views < 1:
             raise InputError(f"n_views must be >= 1, got {n_views}")
         if not 0.0 < rho <= 1.0:
@@ -61,6 +70,9 @@ class TestTimeMethod:
         self.generator = torch.Generator().manual_seed(seed)
         self.views = views or kernel_views(model.preprocess_cfg)
         self.scale = float(model.logit_scale)
+        self.mode = mode
+        self.guard = guard if guard is not None else CollapseGuard()
+        self.frames_seen = 0
 
     @property
     def device(self) -> torch.device:
@@ -90,6 +102,12 @@ class TestTimeMethod:
             embeds, t = self.embed_views(frame)
             t0 = time.perf_counter()
             result = self.adapt(embeds)
+            self.frames_seen += 1
+            if self.mode == "episodic":
+                self.reset()
+            elif self.guard.observe(result.label):
+                result.info["collapse_reset"] = True
+                self.reset()
             t["adapt"] = time.perf_counter() - t0
             for k, v in t.items():
                 timings[k] = timings.get(k, 0.0) + v

@@ -80,5 +80,4 @@ class TPT(TestTimeMethod):
         losses = [self.step(embeds) for _ in range(self.steps)]
         with torch.no_grad():
             probs = cosine_logits(embeds[:1], self.text_embeds(), self.scale).softmax(dim=-1)[0]
-        self.reset()
         return FrameResult(probs, {"loss": losses})

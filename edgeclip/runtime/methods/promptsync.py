@@ -1,0 +1,205 @@
+"""PromptSync — class-aware prototype alignment and discrimination on top of TPT (edgeclip's formulation).
+
+The encoders are frozen, so the prompts live where gradients reach: the text context `ctx` (through the
+PyTorch text tower) and a visual prompt `delta` in embedding space, added to every view's normalised image
+embedding. Per frame, with class prototypes ``P [C, D]`` (normalised per-class mean image embeddings of a
+labelled proxy set, `edgeclip prototypes build`):
+
+* logits ``s·cos(e_v + delta, t_c(ctx))`` for every view; the confident set S is the ρ·N lowest-entropy views
+  plus the plain view; ``p̄`` the mean probability over S; the test prototype ``z = normalise(mean_S e_v + delta)``;
+* ``L_ent = H(p̄)`` (TPT's objective);
+* ``L_align = Σ_c p̄_c ‖z − P_c‖²``: pull the test prototype towards the class prototypes in proportion to the
+  frame's mean class probabilities (class-aware alignment);
+* ``L_disc``: symmetric InfoNCE at temperature τ between the class text embeddings ``t_c(ctx)`` and ``P``
+  (prototype discrimination), which keeps each class's text close to its own prototype and away from the
+  others, so the prompt cannot collapse onto one class;
+* ``L = L_ent + λ_a·L_align + λ_d·L_disc``, one AdamW step, predict the plain view, reset (episodic).
+
+The reusable discrimination step: ``ctx`` restarts from the same value for every frame, so the gradient of
+``L_disc`` at the first step is the same for every frame; it is computed once per class set and added to
+each frame's gradient (``reuse_disc=True``, the default). Later steps (``steps > 1``) and online mode reuse
+it too, which is then an approximation; ``reuse_disc=False`` computes it exactly at every step.
+
+Without prototypes the class text embeddings stand in for them, with a warning: ``L_align`` then pulls the
+test prototype towards the text embeddings and ``L_disc`` is constant. With a `PrototypeBank` (``bank=``) the
+prototypes are refined online from confident test frames.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from edgeclip.errors import InputError
+from edgeclip.kernels import cosine_logits, select_confident
+from edgeclip.runtime.methods.base import FrameResult
+from edgeclip.runtime.methods.tpt import TPT, mean_entropy
+from edgeclip.runtime.model import EdgeClip
+
+__all__ = ["PromptSync", "PromptSyncConfig", "info_nce"]
+
+logger = logging.getLogger(__name__)
+
+
+class PromptSyncConfig:
+    """The loss weights, temperature and learning rates (see `edgeclip/runtime/methods/promptsync_tuning.md`
+    for how the defaults were chosen on a validation stream)."""
+
+    def __init__(self, lambda_align: float = 1.0, lambda_disc: float = 0.1, tau: float = 0.07,
+                 lr_ctx: float = 5e-3, lr_delta: float = 5e-3) -> None:
+        if tau <= 0:
+            raise InputError(f"tau must be > 0, got {tau}")
+        if min(lambda_align, lambda_disc, lr_ctx, lr_delta) < 0:
+            raise InputError("PromptSync weights and learning rates must be >= 0")
+        self.lambda_align = lambda_align
+        self.lambda_disc = lambda_disc
+        self.tau = tau
+        self.lr_ctx = lr_ctx
+        self.lr_delta = lr_delta
+
+    def as_dict(self) -> dict[str, float]:
+        return {"lambda_align": self.lambda_align, "lambda_disc": self.lambda_disc, "tau": self.tau,
+                "lr_ctx": self.lr_ctx, "lr_delta": self.lr_delta}
+
+
+def info_nce(text: torch.Tensor, protos: torch.Tensor, tau: float) -> torch.Tensor:
+    """Symmetric InfoNCE between class text embeddings and class prototypes (row c matches row c)."""
+    logits = F.normalize(text, dim=-1) @ F.normalize(protos, dim=-1).T / tau
+    target = torch.arange(text.shape[0], device=text.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+
+class PromptSync(TPT):
+    """PromptSync (episodic by default; ``mode="online"`` carries the prompts and, with a bank, prototypes)."""
+
+    name = "promptsync"
+
+    def __init__(
+        self,
+        model: EdgeClip,
+        class_names: Sequence[str],
+        *,
+        prototypes: Any = None,
+        config: PromptSyncConfig | None = None,
+        reuse_disc: bool = True,
+        bank: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        cfg = config or PromptSyncConfig()
+        super().__init__(model, class_names, lr=cfg.lr_ctx, **kwargs)
+        self.config = cfg
+        self.reuse_disc = reuse_disc
+        self.bank = bank
+        self.delta = torch.nn.Parameter(torch.zeros(model.bundle.embed_dim, device=self.device))
+        self.optimizer = torch.optim.AdamW(
+            [{"params": [self.prompt.ctx], "lr": cfg.lr_ctx}, {"params": [self.delta], "lr": cfg.lr_delta}],
+            weight_decay=kwargs.get("weight_decay", 0.01),
+        )
+        self._optimizer_state = self.optimizer.state_dict()
+        self._optimizer_state = {"state": {}, "param_groups": [dict(g) for g in self._optimizer_state["param_groups"]]}
+        self.prototypes_source, self.offline = self._prototypes(prototypes)
+        self._disc_grad: torch.Tensor | None = None
+
+    def _prototypes(self, prototypes: Any) -> tuple[str, torch.Tensor]:
+        if prototypes is None:
+            warnings.warn(
+                "PromptSync has no class prototypes (build them with `edgeclip prototypes build`); "
+                "using the class text embeddings as prototypes",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            with torch.no_grad():
+                protos = F.normalize(self.text_embeds().float(), dim=-1)
+            return "text", protos
+        embeds = getattr(prototypes, "embeds", prototypes)
+        names = getattr(prototypes, "class_names", None)
+        if names is not None and list(names) != list(self.class_names):
+            raise InputError(f"prototypes are for classes {list(names)[:5]}…, not {self.class_names[:5]}…")
+        if not isinstance(embeds, torch.Tensor) or embeds.shape != (len(self.class_names), self.model.bundle.embed_dim):
+            shape = list(embeds.shape) if isinstance(embeds, torch.Tensor) else type(embeds).__name__
+            raise InputError(f"prototypes must be [{len(self.class_names)}, {self.model.bundle.embed_dim}], got {shape}")
+        if not torch.isfinite(embeds).all():
+            raise InputError("prototypes contain NaN or infinite values")
+        return "offline", F.normalize(embeds.float(), dim=-1).to(self.device)
+
+    def current_prototypes(self) -> torch.Tensor:
+        """``P [C, D]``: the offline prototypes, refined by the bank when there is one."""
+        if self.bank is None:
+            return self.offline
+        return self.bank.prototypes(self.offline)
+
+    def reset(self) -> None:
+        super().reset()
+        with torch.no_grad():
+            self.delta.zero_()
+
+    def _reusable_disc_grad(self, protos: torch.Tensor) -> torch.Tensor:
+        """∂(λ_d·L_disc)/∂ctx at the initial context, computed once per class set and prototype set."""
+        if self._disc_grad is None or self.bank is not None:
+            ctx = self.prompt.ctx
+            saved = ctx.detach().clone()
+            with torch.no_grad():
+                ctx.copy_(self.prompt.ctx_init)
+            loss = self.config.lambda_disc * info_nce(self.text_embeds(), protos, self.config.tau)
+            (grad,) = torch.autograd.grad(loss, ctx)
+            with torch.no_grad():
+                ctx.copy_(saved)
+            self._disc_grad = grad.detach()
+        return self._disc_grad
+
+    def losses(self, embeds: torch.Tensor, protos: torch.Tensor, with_disc: bool
+               ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor, torch.Tensor]:
+        """Total loss, its parts, the mean probability over the confident views and the test prototype."""
+        cfg = self.config
+        e = F.normalize(embeds, dim=-1) + self.delta
+        text = self.text_embeds()
+        sel = select_confident(cosine_logits(e, text, self.scale), self.rho, force_first=True)
+        log_p = sel.log_mean_prob
+        p_bar = log_p.exp()
+        z = F.normalize(e[sel.index].mean(dim=0), dim=-1)
+        l_ent = mean_entropy(log_p)
+        l_align = (p_bar * ((z.unsqueeze(0) - protos) ** 2).sum(dim=1)).sum()
+        total = l_ent + cfg.lambda_align * l_align
+        parts = {"ent": float(l_ent.detach()), "align": float(l_align.detach())}
+        if with_disc:
+            l_disc = info_nce(text, protos, cfg.tau)
+            total = total + cfg.lambda_disc * l_disc
+            parts["disc"] = float(l_disc.detach())
+        return total, parts, p_bar.detach(), z.detach()
+
+    def step(self, embeds: torch.Tensor) -> float:
+        protos = self.current_prototypes()
+        reuse = self.reuse_disc and self.config.lambda_disc > 0
+        loss, parts, _, _ = self.losses(embeds, protos, with_disc=not reuse)
+        if not torch.isfinite(loss):
+            self.skipped_steps += 1
+            return float("nan")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if reuse:
+            g = self._reusable_disc_grad(protos)
+            self.prompt.ctx.grad = g.clone() if self.prompt.ctx.grad is None else self.prompt.ctx.grad + g
+        if not all(torch.isfinite(p.grad).all() for p in (self.prompt.ctx, self.delta) if p.grad is not None):
+            self.skipped_steps += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            return float("nan")
+        self.optimizer.step()
+        return float(loss.detach())
+
+    def adapt(self, embeds: torch.Tensor) -> FrameResult:
+        losses = [self.step(embeds) for _ in range(self.steps)]
+        with torch.no_grad():
+            e = F.normalize(embeds, dim=-1) + self.delta
+            text = self.text_embeds()
+            probs = cosine_logits(e[:1], text, self.scale).softmax(dim=-1)[0]
+            if self.bank is not None:
+                sel = select_confident(cosine_logits(e, text, self.scale), self.rho, force_first=True)
+                z = F.normalize(e[sel.index].mean(dim=0), dim=-1)
+                label = int(probs.argmax())
+                self.bank.add(z.unsqueeze(0), torch.tensor([label]), sel.entropy[sel.index].mean().reshape(1))
+        return FrameResult(probs, {"loss": losses, "skipped": self.skipped_steps})

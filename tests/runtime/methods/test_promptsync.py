@@ -1,0 +1,110 @@
+"""PromptSync: the losses as formulated, the reusable discrimination step, reset, fallbacks and errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import edgeclip
+from edgeclip.data import shapes
+from edgeclip.errors import InputError
+from edgeclip.runtime.methods.promptsync import PromptSync, PromptSyncConfig, info_nce
+
+
+@pytest.fixture(scope="module")
+def micro() -> edgeclip.EdgeClip:
+    return edgeclip.load(edgeclip.default_bundle(), backend="torch")
+
+
+@pytest.fixture(scope="module")
+def protos(micro: edgeclip.EdgeClip) -> torch.Tensor:
+    batch = shapes.make_batch(64, seed=99, shift="clean", labels=[i % 16 for i in range(64)])
+    emb = F.normalize(micro.encode_images(list(batch.images)), dim=-1)
+    labels = torch.tensor(batch.labels)
+    return F.normalize(torch.stack([emb[labels == c].mean(0) for c in range(16)]), dim=-1)
+
+
+def frame_embeds(method: PromptSync, seed: int = 0) -> torch.Tensor:
+    frame = torch.from_numpy(shapes.make_batch(1, seed=seed, shift="blur").images[0])
+    return method.embed_views(frame)[0]
+
+
+def test_info_nce_prefers_matching_rows() -> None:
+    a = torch.eye(4)
+    assert info_nce(a, a, 0.1) < info_nce(a, a.roll(1, 0), 0.1)
+    # symmetric: swapping the two sides gives the same value
+    b = torch.randn(4, 4)
+    torch.testing.assert_close(info_nce(a, b, 0.5), info_nce(b, a, 0.5))
+
+
+def test_losses_match_the_formulation(micro: edgeclip.EdgeClip, protos: torch.Tensor) -> None:
+    cfg = PromptSyncConfig(lambda_align=0.7, lambda_disc=0.3, tau=0.05)
+    ps = PromptSync(micro, shapes.class_names(), prototypes=protos, config=cfg, n_views=16, rho=0.25)
+    embeds = frame_embeds(ps)
+    with torch.no_grad():
+        ps.delta.normal_(0, 0.01)
+        total, parts, p_bar, z = ps.losses(embeds, protos, with_disc=True)
+        e = F.normalize(embeds, dim=-1) + ps.delta
+        text = ps.text_embeds()
+        logits = ps.scale * F.normalize(e, dim=-1) @ F.normalize(text, dim=-1).T
+        probs = logits.softmax(-1)
+        ent = -(probs * probs.log()).sum(1)
+        keep = torch.cat([torch.tensor([0]), ent[1:].argsort()[:4] + 1])
+        p_ref = probs[keep].mean(0)
+        z_ref = F.normalize(e[keep].mean(0), dim=-1)
+        ent_ref = -(p_ref * p_ref.log()).sum()
+        align_ref = (p_ref * ((z_ref - protos) ** 2).sum(1)).sum()
+        disc_ref = info_nce(text, protos, 0.05)
+    torch.testing.assert_close(p_bar, p_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(z, z_ref, rtol=1e-5, atol=1e-6)
+    assert parts["ent"] == pytest.approx(float(ent_ref), rel=1e-5)
+    assert parts["align"] == pytest.approx(float(align_ref), rel=1e-5)
+    assert parts["disc"] == pytest.approx(float(disc_ref), rel=1e-5)
+    assert float(total) == pytest.approx(float(ent_ref + 0.7 * align_ref + 0.3 * disc_ref), rel=1e-5)
+
+
+def test_reusable_discrimination_step_is_exact_at_the_first_step(micro: edgeclip.EdgeClip,
+                                                                 protos: torch.Tensor) -> None:
+    names = shapes.class_names()
+    updates = []
+    for reuse in (True, False):
+        ps = PromptSync(micro, names, prototypes=protos, reuse_disc=reuse, n_views=16, seed=3)
+        ps.step(frame_embeds(ps, seed=4))
+        updates.append((ps.prompt.ctx.detach().clone(), ps.delta.detach().clone()))
+    torch.testing.assert_close(updates[0][0], updates[1][0], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(updates[0][1], updates[1][1], rtol=1e-5, atol=1e-7)
+
+
+def test_episodic_reset_and_prediction(micro: edgeclip.EdgeClip, protos: torch.Tensor) -> None:
+    ps = PromptSync(micro, shapes.class_names(), prototypes=protos, n_views=16)
+    batch = shapes.make_batch(4, seed=8, shift="low_contrast")
+    pred = ps.predict(batch.images)
+    assert pred.probs.shape == (4, 16)
+    assert torch.equal(ps.prompt.ctx, ps.prompt.ctx_init) and not ps.delta.abs().sum()
+    assert all(len(f["loss"]) == 1 for f in pred.info["frames"])
+
+
+def test_without_prototypes_warns_and_uses_text(micro: edgeclip.EdgeClip) -> None:
+    with pytest.warns(RuntimeWarning, match="no class prototypes"):
+        ps = PromptSync(micro, shapes.class_names(), n_views=8)
+    assert ps.prototypes_source == "text"
+    torch.testing.assert_close(ps.offline.norm(dim=1), torch.ones(16))
+
+
+@pytest.mark.parametrize(
+    ("bad", "match"),
+    [(torch.zeros(3, 5), r"must be \[16"), (torch.full((16, 64), float("nan")), "NaN")],
+)
+def test_bad_prototypes(micro: edgeclip.EdgeClip, bad: torch.Tensor, match: str) -> None:
+    if bad.shape[1] == 64:
+        bad = torch.full((16, micro.bundle.embed_dim), float("nan"))
+    with pytest.raises(InputError, match=match):
+        PromptSync(micro, shapes.class_names(), prototypes=bad)
+
+
+def test_bad_config() -> None:
+    with pytest.raises(InputError, match="tau"):
+        PromptSyncConfig(tau=0)
+    with pytest.raises(InputError, match=">= 0"):
+        PromptSyncConfig(lambda_align=-1)
