@@ -120,9 +120,10 @@ class PromptSync(TPT):
         names = getattr(prototypes, "class_names", None)
         if names is not None and list(names) != list(self.class_names):
             raise InputError(f"prototypes are for classes {list(names)[:5]}…, not {self.class_names[:5]}…")
-        if not isinstance(embeds, torch.Tensor) or embeds.shape != (len(self.class_names), self.model.bundle.embed_dim):
+        want = (len(self.class_names), self.model.bundle.embed_dim)
+        if not isinstance(embeds, torch.Tensor) or tuple(embeds.shape) != want:
             shape = list(embeds.shape) if isinstance(embeds, torch.Tensor) else type(embeds).__name__
-            raise InputError(f"prototypes must be [{len(self.class_names)}, {self.model.bundle.embed_dim}], got {shape}")
+            raise InputError(f"prototypes must be [{want[0]}, {want[1]}], got {shape}")
         if not torch.isfinite(embeds).all():
             raise InputError("prototypes contain NaN or infinite values")
         return "offline", F.normalize(embeds.float(), dim=-1).to(self.device)
@@ -175,7 +176,7 @@ class PromptSync(TPT):
     def step(self, embeds: torch.Tensor) -> float:
         protos = self.current_prototypes()
         reuse = self.reuse_disc and self.config.lambda_disc > 0
-        loss, parts, _, _ = self.losses(embeds, protos, with_disc=not reuse)
+        loss, _, _, _ = self.losses(embeds, protos, with_disc=not reuse)
         if not torch.isfinite(loss):
             self.skipped_steps += 1
             return float("nan")
