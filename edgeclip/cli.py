@@ -129,6 +129,34 @@ def cmd_bench_encoders(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_frames(text: str) -> list[tuple[int, int]]:
+    out = []
+    for part in (p.strip() for p in text.split(",")):
+        h, sep, w = part.lower().partition("x")
+        if not part or not sep or not h.strip().isdigit() or not w.strip().isdigit() or min(int(h), int(w)) < 1:
+            raise argparse.ArgumentTypeError(f"expected comma-separated HxW frame sizes, e.g. 1080x1920, got {text!r}")
+        out.append((int(h), int(w)))
+    return out
+
+
+def cmd_bench_kernels(args: argparse.Namespace) -> int:
+    from edgeclip.bench import bench_kernels, write_report
+
+    kwargs: dict[str, Any] = {"device": args.device, "threads": args.threads, "frames": tuple(args.frames),
+                              "n_views": args.views, "size": args.size, "classes": tuple(args.classes),
+                              "dims": tuple(args.dims), "progress": not args.json}
+    if args.quick:
+        kwargs.update(warmup=1, repeats=3, time_budget_s=2.0)
+    if args.repeats is not None:
+        kwargs["repeats"] = args.repeats
+    results = bench_kernels(**kwargs)
+    name = "kernels" if args.device == "cpu" else "kernels-cuda"
+    paths = write_report(results, Path(args.out), name)
+    text = paths["md"].read_text() + "\nwrote " + ", ".join(str(p) for p in paths.values())
+    _emit(args, results, text)
+    return 0
+
+
 # -- parser ---------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edgeclip", description="Edge adaptation runtime for CLIP.")
@@ -196,6 +224,21 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--out", default="bench-results", help="folder for the JSON and Markdown reports")
     be.add_argument("--json", action="store_true")
     be.set_defaults(func=cmd_bench_encoders)
+    bk = bsub.add_parser("kernels", help="per-frame kernels (augment_views, cosine_logits + select_confident) "
+                         "vs TPT-style PIL / torchvision / PyTorch code")
+    bk.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the kernels run (default cpu)")
+    bk.add_argument("--threads", type=int, default=None, help="PyTorch CPU threads")
+    bk.add_argument("--out", default="bench-results", help="folder for the JSON and Markdown reports")
+    bk.add_argument("--quick", action="store_true", help="few repeats and a short time budget (smoke runs)")
+    bk.add_argument("--repeats", type=int, default=None, help="timed rounds per case (default 20; --quick 3)")
+    bk.add_argument("--frames", type=_parse_frames, default=[(1080, 1920), (480, 640)],
+                    help="frame sizes HxW for augment_views, e.g. 1080x1920,480x640")
+    bk.add_argument("--views", type=int, default=64, help="views per frame, and N for cosine+select (default 64)")
+    bk.add_argument("--size", type=int, default=224, help="view side in pixels (default 224)")
+    bk.add_argument("--classes", type=_parse_ints, default=[10, 100, 1000], help="class counts C, e.g. 10,100,1000")
+    bk.add_argument("--dims", type=_parse_ints, default=[512, 768], help="embedding widths D, e.g. 512,768")
+    bk.add_argument("--json", action="store_true")
+    bk.set_defaults(func=cmd_bench_kernels)
     return p
 
 

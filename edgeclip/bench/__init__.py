@@ -1,6 +1,8 @@
-"""Benchmark harness: encoder latency across backends, timing helpers, JSON + Markdown reports."""
+"""Benchmark harness: encoder latency across backends, per-frame kernels against TPT-style baselines, timing
+helpers, JSON + Markdown reports."""
 
 from edgeclip.bench.encoders import bench_encoders, bench_encoders_for_model
+from edgeclip.bench.kernels import bench_kernels
 from edgeclip.bench.report import machine_info, markdown_table, write_report
 from edgeclip.bench.timing import TimingStats, measure, measure_interleaved, ratio_with_spread
 
@@ -8,6 +10,7 @@ __all__ = [
     "TimingStats",
     "bench_encoders",
     "bench_encoders_for_model",
+    "bench_kernels",
     "machine_info",
     "markdown_table",
     "measure",
