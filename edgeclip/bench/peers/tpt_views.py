@@ -105,7 +105,8 @@ def tv2_views(
 
     Per view: ``resized_crop`` with antialiasing (bicubic for view 0, bilinear for the others) on the uint8
     tensor and a horizontal flip when the box's flip flag is set; then ``to_dtype(float32, scale=True)`` and
-    ``normalize`` once on the stacked views. Resampling on uint8 rounds each view to whole pixel values before the conversion.
+    ``normalize`` once on the stacked views. Resampling on uint8 rounds each view to whole pixel values
+    before the conversion.
     """
     if not isinstance(frame, torch.Tensor) or frame.dtype != torch.uint8 or frame.dim() != 3 or frame.shape[0] != 3:
         got = f"{frame.dtype} {list(frame.shape)}" if isinstance(frame, torch.Tensor) else type(frame).__name__
