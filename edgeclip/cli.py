@@ -211,6 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--json", action="store_true")
     t.set_defaults(func=cmd_train_micro)
 
+    from edgeclip.cli_prototypes import add_parser as add_prototypes_parser
+
+    add_prototypes_parser(sub)
+
     b = sub.add_parser("bench", help="benchmarks")
     bsub = b.add_subparsers(dest="bench", required=True)
     be = bsub.add_parser("encoders", help="PyTorch eager vs each ONNX Runtime provider, image and text")
