@@ -1,8 +1,9 @@
 """TPT — test-time prompt tuning, as published: per frame, tune the prompt context on the entropy of the
 mean prediction over the most confident views, predict the plain view, reset.
 
-Defaults follow the paper and its code: 64 views, the 10 % most confident (lowest entropy), 4 context
-tokens initialised from "a photo of a", AdamW (lr 5e-3, PyTorch's default weight decay 0.01), one step.
+Defaults follow the paper and its code: 64 views, the 10 % most confident (lowest entropy, chosen at the
+first step and kept for later ones), 4 context tokens initialised from "a photo of a", AdamW (lr 5e-3,
+PyTorch's default weight decay 0.01), one step.
 The fast path: the views' image embeddings are computed once by the exported encoder and reused by the
 prediction pass, which only needs the new text embeddings; the text tower runs truncated to the longest
 prompt; similarity and selection go through `edgeclip.kernels`.
@@ -11,6 +12,7 @@ prompt; similarity and selection go through `edgeclip.kernels`.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,6 +23,12 @@ from edgeclip.runtime.methods.base import FrameResult, TestTimeMethod
 from edgeclip.runtime.model import EdgeClip
 
 __all__ = ["TPT", "mean_entropy"]
+
+
+def log_mean_prob_over(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """log of the mean softmax over the views in `index` (for steps that reuse an earlier selection)."""
+    logp = logits.float().log_softmax(dim=1)[index]
+    return (torch.logsumexp(logp, dim=0) - math.log(index.numel())).to(logits.dtype)
 
 
 def mean_entropy(log_mean_prob: torch.Tensor) -> torch.Tensor:
@@ -42,9 +50,12 @@ class TPT(TestTimeMethod):
         steps: int = 1,
         init: str = "a photo of a",
         weight_decay: float = 0.01,
+        reselect_each_step: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(model, class_names, **kwargs)
+        self.reselect_each_step = reselect_each_step
+        self._index: torch.Tensor | None = None
         if steps < 0:
             raise ValueError(f"steps must be >= 0, got {steps}")
         self.steps = steps
@@ -63,11 +74,21 @@ class TPT(TestTimeMethod):
     def reset(self) -> None:
         self.prompt.reset()
         self.optimizer.load_state_dict(self._optimizer_state)
+        self._index = None
 
     def step(self, embeds: torch.Tensor) -> float:
-        """One tuning step on the views' embeddings; a non-finite loss is skipped and counted."""
+        """One tuning step on the views' embeddings; a non-finite loss is skipped and counted.
+
+        As in TPT's code, the confident views are chosen at the frame's first step and kept for its later
+        steps (``reselect_each_step=True`` chooses again at every step).
+        """
         logits = cosine_logits(embeds, self.text_embeds(), self.scale)
-        loss = mean_entropy(select_confident(logits, self.rho).log_mean_prob)
+        if self._index is None or self.reselect_each_step:
+            sel = select_confident(logits, self.rho)
+            self._index, log_p = sel.index, sel.log_mean_prob
+        else:
+            log_p = log_mean_prob_over(logits, self._index)
+        loss = mean_entropy(log_p)
         if not torch.isfinite(loss):
             self.skipped_steps += 1
             return float("nan")
@@ -77,6 +98,7 @@ class TPT(TestTimeMethod):
         return float(loss.detach())
 
     def adapt(self, embeds: torch.Tensor) -> FrameResult:
+        self._index = None  # a new frame chooses its own confident views
         losses = [self.step(embeds) for _ in range(self.steps)]
         with torch.no_grad():
             probs = cosine_logits(embeds[:1], self.text_embeds(), self.scale).softmax(dim=-1)[0]
