@@ -58,12 +58,15 @@ def tpt_view_accuracy(
     shifts: Sequence[str] | None = None,
     seed: int = 0,
     backend: str = "auto",
+    threads: int | None = None,
     show_progress: bool = True,
 ) -> dict[str, Any]:
     """Accuracy of TPT with kernel views and with torchvision views, per shift and averaged."""
     from edgeclip.assets import default_bundle_path
 
-    model: EdgeClip = load(bundle or default_bundle_path(), backend=backend)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    model: EdgeClip = load(bundle or default_bundle_path(), backend=backend, threads=threads)
     cfg = model.preprocess_cfg
     names = shapes.class_names()
     shifts = list(shifts or shapes.SHIFTS)
@@ -94,4 +97,4 @@ def tpt_view_accuracy(
     }
     mean["diff_points"] = mean["tpt_kernel"] - mean["tpt_torchvision"]
     return {"rows": [*rows, mean], "seed": seed, "eval_seed": EVAL_SEED, "bundle": str(model.bundle.path),
-            "backend": model.backend}
+            "backend": model.backend, "threads": torch.get_num_threads()}
