@@ -20,7 +20,7 @@ from edgeclip.micro.train import EVAL_SEED
 
 __all__ = ["EVAL_SEED", "IMBALANCED_SEED", "VALIDATION_SEED", "held_out", "imbalanced", "validation"]
 
-VALIDATION_SEED = 20_000
+VALIDATION_SEED = 30_000
 IMBALANCED_SEED = EVAL_SEED + 1
 
 

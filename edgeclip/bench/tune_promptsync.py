@@ -1,0 +1,131 @@
+"""Choosing PromptSync's λ_a, λ_d, τ and learning rates on the validation stream (never the held-out one).
+
+The search is staged: (A) alignment weight × visual-prompt learning rate, (B) discrimination weight ×
+temperature at the best A, (C) the context learning rate at the best A+B. Every configuration adapts on the
+same frames with the same views: the views' image embeddings are computed once per frame and cached, so
+configurations differ only in the adaptation. TPT on the same cached views is the baseline.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from edgeclip.data import shapes
+from edgeclip.data.streams import VALIDATION_SEED, validation
+from edgeclip.runtime.methods import TPT, PromptSync, PromptSyncConfig
+from edgeclip.runtime.model import EdgeClip
+from edgeclip.runtime.prototypes import ClassPrototypes, build_prototypes
+
+__all__ = ["cache_views", "search", "write_search"]
+
+logger = logging.getLogger(__name__)
+
+STAGE_A = {"lambda_align": (0.0, 0.3, 1.0, 3.0, 10.0), "lr_delta": (0.0, 1e-3, 5e-3, 2e-2)}
+STAGE_B = {"lambda_disc": (0.0, 0.03, 0.1, 0.3, 1.0), "tau": (0.03, 0.07, 0.2)}
+STAGE_C = {"lr_ctx": (2.5e-3, 5e-3, 1e-2)}
+
+
+def cache_views(model: EdgeClip, n: int, shifts: Sequence[str], n_views: int = 64, seed: int = 0
+                ) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """Per shift: the view embeddings ``[F, N, D]`` of `n` validation frames, and their labels."""
+    out = []
+    probe = TPT(model, shapes.class_names(), n_views=n_views, seed=seed, steps=0)
+    for shift in shifts:
+        batch = validation(shift, n)
+        embeds = torch.stack([probe.embed_views(torch.from_numpy(img))[0] for img in batch.images])
+        out.append((shift, embeds, torch.as_tensor(batch.labels)))
+    return out
+
+
+def _accuracy(method: TPT, cached: list[tuple[str, torch.Tensor, torch.Tensor]]) -> dict[str, float]:
+    accs = {}
+    for shift, embeds, labels in cached:
+        correct = 0
+        for f in range(embeds.shape[0]):
+            result = method.adapt(embeds[f])
+            method.reset()
+            correct += int(result.label == int(labels[f]))
+        accs[shift] = 100.0 * correct / embeds.shape[0]
+    accs["mean"] = sum(accs.values()) / len(cached)
+    return accs
+
+
+def search(model: EdgeClip, prototypes: ClassPrototypes, *, n: int = 128, shifts: Sequence[str] | None = None,
+           seed: int = 0, progress: bool = True) -> dict[str, Any]:
+    """Run the staged search; returns every configuration's validation accuracy and the chosen one."""
+    shifts = list(shifts or shapes.SHIFTS)
+    names = shapes.class_names()
+    t0 = time.perf_counter()
+    cached = cache_views(model, n, shifts, seed=seed)
+    rows: list[dict[str, Any]] = []
+    tpt_acc = _accuracy(TPT(model, names, seed=seed), cached)
+    rows.append({"stage": "baseline", "method": "tpt", **tpt_acc})
+    best = PromptSyncConfig().as_dict()
+
+    def run_stage(stage: str, grid: dict[str, Sequence[float]]) -> None:
+        nonlocal best
+        combos = list(itertools.product(*grid.values()))
+        scored = []
+        for values in tqdm(combos, desc=f"stage {stage}", disable=not progress):
+            cfg = {**best, **dict(zip(grid, values, strict=True))}
+            method = PromptSync(model, names, prototypes=prototypes, config=PromptSyncConfig(**cfg), seed=seed)
+            acc = _accuracy(method, cached)
+            rows.append({"stage": stage, "method": "promptsync", **cfg, **acc})
+            scored.append((acc["mean"], cfg))
+        best = max(scored, key=lambda x: x[0])[1]
+        logger.info("stage %s best %s", stage, best)
+
+    run_stage("A", STAGE_A)
+    run_stage("B", STAGE_B)
+    run_stage("C", STAGE_C)
+    chosen = next(r for r in rows if r["method"] == "promptsync" and all(r[k] == v for k, v in best.items()))
+    return {"validation_seed": VALIDATION_SEED, "n_per_shift": n, "shifts": shifts, "n_views": 64,
+            "prototypes": prototypes.summary(), "rows": rows, "chosen": best, "chosen_accuracy": chosen["mean"],
+            "tpt_accuracy": tpt_acc["mean"], "seconds": time.perf_counter() - t0}
+
+
+def write_search(result: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
+    """The search as JSON and a Markdown table."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    js = out_dir / "promptsync-tuning.json"
+    js.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    keys = ["stage", "method", "lambda_align", "lr_delta", "lambda_disc", "tau", "lr_ctx", *result["shifts"], "mean"]
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    for r in result["rows"]:
+        cells = []
+        for k in keys:
+            v = r.get(k, "")
+            cells.append(f"{v:.4g}" if isinstance(v, float) else str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    md = out_dir / "promptsync-tuning.md"
+    md.write_text(
+        "# PromptSync hyper-parameter search (validation stream)\n\n"
+        f"Validation seed {result['validation_seed']}, {result['n_per_shift']} frames per shift, 64 views, "
+        f"prototypes from `{result['prototypes'].get('source', '?')}`. Chosen: `{result['chosen']}` "
+        f"(validation mean {result['chosen_accuracy']:.2f} %, TPT {result['tpt_accuracy']:.2f} %). "
+        f"{result['seconds']:.0f} s.\n\n" + "\n".join(lines) + "\n"
+    )
+    return js, md
+
+
+if __name__ == "__main__":  # python -m edgeclip.bench.tune_promptsync OUT_DIR [N]
+    import sys
+
+    import edgeclip
+
+    logging.basicConfig(level=logging.INFO)
+    torch.set_num_threads(1)
+    micro = edgeclip.load(edgeclip.default_bundle(), threads=1)
+    protos = build_prototypes(micro, "shapes:512", progress=False)
+    res = search(micro, protos, n=int(sys.argv[2]) if len(sys.argv) > 2 else 128)
+    for path in write_search(res, Path(sys.argv[1])):
+        print(path)
