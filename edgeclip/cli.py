@@ -157,6 +157,50 @@ def cmd_bench_kernels(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_names(text: str) -> list[str]:
+    vals = [v.strip() for v in text.split(",") if v.strip()]
+    if not vals:
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
+    return vals
+
+
+# `edgeclip bench tta`: full-size defaults, and the --quick ones (smoke runs); an explicit flag wins over both
+TTA_DEFAULTS: dict[str, Any] = {"n": 512, "n_reference": 64, "views": 64, "model": "ViT-B-32",
+                                "classes": [10, 100, 1000], "speed_images": 3, "repeats": 5, "text_budget": 60.0,
+                                "prototypes": None}
+TTA_QUICK: dict[str, Any] = {"n": 16, "n_reference": 4, "views": 16, "model": None, "classes": [10],
+                             "speed_images": 1, "repeats": 2, "text_budget": 5.0, "prototypes": "shapes:128"}
+
+
+def cmd_bench_tta(args: argparse.Namespace) -> int:
+    from edgeclip.bench.tta import PARTS, bench_tta
+
+    base = TTA_QUICK if args.quick else TTA_DEFAULTS
+
+    def pick(name: str) -> Any:
+        value = getattr(args, name)
+        return base[name] if value is None else value
+
+    model = pick("model")
+    if isinstance(model, str) and model.lower() == "none":
+        model = None
+    imbalanced = args.imbalanced_shift if args.imbalanced_shift is not None else ["clean"]
+    imbalanced = [s for s in imbalanced if s.lower() != "none"]
+    classes = pick("classes")
+    results = bench_tta(
+        args.part or PARTS, bundle=args.bundle or "micro", backend=args.backend, device=args.device,
+        threads=args.threads, n=pick("n"), n_reference=pick("n_reference"), shifts=args.shifts,
+        imbalanced_shifts=imbalanced, prototypes=pick("prototypes"), n_views=pick("views"), model=model,
+        cache_dir=Path(args.cache), classes=classes, speed_images=pick("speed_images"),
+        text_bundles=args.text_bundle or ["micro"], text_classes=args.text_classes or classes,
+        text_repeats=pick("repeats"), text_time_budget_s=pick("text_budget"), out_dir=Path(args.out),
+        report_suffix="" if args.device == "cpu" else "-cuda", progress=not args.json, seed=args.seed)
+    texts = [paths["md"].read_text() for paths in results["files"].values()]
+    written = [str(p) for paths in results["files"].values() for p in paths.values()]
+    _emit(args, results, "\n".join(texts) + "\nwrote " + ", ".join(written))
+    return 0
+
+
 # -- parser ---------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edgeclip", description="Edge adaptation runtime for CLIP.")
@@ -243,6 +287,45 @@ def build_parser() -> argparse.ArgumentParser:
     bk.add_argument("--dims", type=_parse_ints, default=[512, 768], help="embedding widths D, e.g. 512,768")
     bk.add_argument("--json", action="store_true")
     bk.set_defaults(func=cmd_bench_kernels)
+    bt = bsub.add_parser("tta", help="test-time adaptation: accuracy and latency of every method, edgeclip's TPT "
+                         "vs the reference TPT per image, text path against the number of classes")
+    bt.add_argument("--part", action="append", choices=["accuracy", "speed", "text-stress"],
+                    help="part to run (repeatable; default: all three)")
+    bt.add_argument("--bundle", help="bundle of the accuracy part and of speed's first bundle (default: the "
+                    "embedded micro CLIP)")
+    bt.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime"],
+                    help="edgeclip's encoder backend (the reference always runs fp32 PyTorch)")
+    bt.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    bt.add_argument("--threads", type=int, default=None, help="PyTorch and onnxruntime CPU threads")
+    bt.add_argument("--n", type=int, default=None, help="held-out frames per shift (default 512; --quick 16)")
+    bt.add_argument("--n-reference", type=int, default=None,
+                    help="frames per shift for the (slow) reference TPT in the accuracy part (default 64; --quick 4)")
+    bt.add_argument("--shifts", type=_parse_names, default=None, help="held-out shifts, e.g. clean,blur (default: all)")
+    bt.add_argument("--imbalanced-shift", action="append", default=None,
+                    help="shift of the class-imbalanced stream (repeatable; default clean; 'none': skip it)")
+    bt.add_argument("--prototypes", default=None, help="class prototypes for PromptSync and online prototypes: a "
+                    "prototypes file, or a spec/folder to build them from (default shapes:512; --quick shapes:128)")
+    bt.add_argument("--views", type=int, default=None, help="views per frame (default 64; --quick 16)")
+    bt.add_argument("--model", default=None, help="open_clip name of the speed part's random-weight bundle, exported "
+                    "once into --cache (default ViT-B-32; --quick: none; 'none': micro only)")
+    bt.add_argument("--cache", default="bench-results/bundles", help="where random-weight bundles are kept")
+    bt.add_argument("--classes", type=_parse_ints, default=None,
+                    help="class counts C for speed and text-stress (default 10,100,1000; --quick 10)")
+    bt.add_argument("--text-classes", type=_parse_ints, default=None, help="class counts for text-stress only "
+                    "(default: --classes)")
+    bt.add_argument("--text-bundle", action="append", default=None,
+                    help="text-stress bundle: micro (default), model (the --model bundle) or a bundle dir; repeatable")
+    bt.add_argument("--speed-images", type=int, default=None,
+                    help="timed images per speed case, after 1 warm-up (default 3; --quick 1)")
+    bt.add_argument("--repeats", type=int, default=None,
+                    help="timed rounds per text-stress case (default 5; --quick 2)")
+    bt.add_argument("--text-budget", type=float, default=None, help="seconds of timed calls after which a "
+                    "text-stress case stops (default 60; --quick 5)")
+    bt.add_argument("--seed", type=int, default=0, help="seed of views, class names and random embeddings")
+    bt.add_argument("--out", default="bench-results", help="folder for the JSON, Markdown and PNG reports")
+    bt.add_argument("--quick", action="store_true", help="tiny sizes everywhere (smoke runs); explicit flags win")
+    bt.add_argument("--json", action="store_true")
+    bt.set_defaults(func=cmd_bench_tta)
     return p
 
 

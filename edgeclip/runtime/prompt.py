@@ -70,6 +70,18 @@ class PromptContext(nn.Module):
         self._cache = {names: (frozen, eot.to(frozen.device))}
         return self._cache[names]
 
+    def build_split(self, class_names: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The shared prefix ``[1, 1 + n, W]`` (SOT and the context), each class's remaining tokens ``[C, L', W]``
+        truncated after the last EOT, and EOT positions ``[C]`` counted from the sequence start. Only for a
+        context shared by all classes (see `TextTower.forward_shared_prefix`)."""
+        if self.per_class:
+            raise ClassNameError("a per-class context has no prefix shared by all classes")
+        names = tuple(validate_class_names(class_names))
+        frozen, eot = self._frozen_parts(names)
+        keep = int(eot.max()) + 1
+        prefix = torch.cat([frozen[:1, :1], self.ctx.unsqueeze(0).to(frozen.dtype)], dim=1)
+        return prefix, frozen[:, 1 + self.n_ctx : keep], eot
+
     def build(self, class_names: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Token embeddings [C, L, W] (context at positions 1..n) and EOT positions [C]."""
         names = tuple(validate_class_names(class_names))

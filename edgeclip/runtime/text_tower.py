@@ -149,6 +149,65 @@ class TextTower(nn.Module):
         return self.forward_full(token_embeds, eot_index)
 
 
+    # -- shared prefix -------------------------------------------------------------------------
+    def supports_shared_prefix(self) -> bool:
+        """Whether `forward_shared_prefix` applies: a causal tower of standard pre-norm attention blocks."""
+        from open_clip.transformer import ResidualAttentionBlock
+
+        blocks = getattr(self.transformer, "resblocks", None)
+        if not self.causal or blocks is None:
+            return False
+        for blk in blocks:
+            attn = getattr(blk, "attn", None)
+            if not isinstance(attn, nn.MultiheadAttention) or not attn.batch_first or hasattr(blk, "ln_1_kv"):
+                return False
+            if not all(hasattr(blk, name) for name in ("ln_1", "ls_1", "ln_2", "mlp", "ls_2")):
+                return False
+            if type(blk).forward is not ResidualAttentionBlock.forward:
+                return False
+        return True
+
+    def forward_shared_prefix(self, prefix: torch.Tensor, rest: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:
+        """Text embeddings for sequences that all start with the same `prefix` ``[1, P, W]`` (SOT and shared
+        prompt context) followed by their own `rest` ``[C, R, W]``; `eot_index` counts from the sequence start.
+
+        Under the causal mask the prefix positions see only the prefix, so their activations are the same for
+        every class: they are computed once, and the other positions attend to them as keys and values. The
+        result equals `forward` on the concatenated sequences (tested to float tolerance, gradients included).
+        """
+        if prefix.dim() != 3 or prefix.shape[0] != 1 or rest.dim() != 3 or prefix.shape[2] != rest.shape[2]:
+            raise InputError(
+                f"prefix must be [1, P, W] and rest [C, R, W], got {list(prefix.shape)}, {list(rest.shape)}"
+            )
+        n_p, n_r, n = prefix.shape[1], rest.shape[1], rest.shape[0]
+        self._check(torch.empty(n, n_p + n_r, self.width, device="meta"), eot_index)
+        if int(eot_index.min()) < n_p:
+            raise InputError("every EOT position must lie after the shared prefix")
+        pos = self.positional_embedding.to(rest.dtype)
+        xp = prefix + pos[:n_p]
+        xr = rest + pos[n_p : n_p + n_r]
+        neg = float("-inf")
+        mask_p = torch.full((n_p, n_p), neg, device=xr.device, dtype=xr.dtype).triu(1)
+        mask_r = torch.full((n_r, n_p + n_r), neg, device=xr.device, dtype=xr.dtype).triu(n_p + 1)
+        for blk in self.transformer.resblocks:
+            hp, hr = blk.ln_1(xp), blk.ln_1(xr)
+            ap = blk.attn(hp, hp, hp, need_weights=False, attn_mask=mask_p)[0]
+            kv = torch.cat([hp.expand(n, -1, -1), hr], dim=1)
+            ar = blk.attn(hr, kv, kv, need_weights=False, attn_mask=mask_r)[0]
+            xp = xp + blk.ls_1(ap)
+            xr = xr + blk.ls_1(ar)
+            xp = xp + blk.ls_2(blk.mlp(blk.ln_2(xp)))
+            xr = xr + blk.ls_2(blk.mlp(blk.ln_2(xr)))
+        x = self.ln_final(xr)
+        x = x[torch.arange(n, device=x.device), eot_index.to(x.device) - n_p]
+        proj = self.text_projection
+        if proj is None:
+            return x
+        if isinstance(proj, nn.Linear):
+            return proj(x)
+        return x @ proj.to(x.dtype)
+
+
 def load_float_state(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """Load (possibly fp16-stored) weights into `module` as float32; a mismatch becomes a `BundleError`
     naming the file."""

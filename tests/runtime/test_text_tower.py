@@ -89,3 +89,36 @@ def test_class_name_too_long_is_named(model) -> None:
         model.classifier(["cat", long_name])
     with pytest.raises(ClassNameError, match="context"):
         model.prompt_context().build([long_name])
+
+
+@pytest.mark.parametrize("name", ["test-tiny-vit", "test-tiny-rn", "test-tiny-eos"])
+def test_shared_prefix_equals_the_plain_forward(bundle_factory, name: str) -> None:
+    m = edgeclip.load(bundle_factory(name), backend="torch")
+    tower = m.text_tower
+    assert tower.supports_shared_prefix()
+    ctx = m.prompt_context("a photo of a")
+    with torch.no_grad():
+        ctx.ctx.add_(0.05 * torch.randn_like(ctx.ctx))
+    names = ["cat", "robot arm", "a very long name of a thing", "x"]
+    tokens, eot = ctx.build(names)
+    plain = tower(tokens, eot)
+    (g_plain,) = torch.autograd.grad((plain * torch.linspace(-1, 1, plain.shape[1])).sum(), ctx.ctx)
+    prefix, rest, eot2 = ctx.build_split(names)
+    assert prefix.shape[1] == 1 + ctx.n_ctx and torch.equal(eot, eot2)
+    shared = tower.forward_shared_prefix(prefix, rest, eot2)
+    (g_shared,) = torch.autograd.grad((shared * torch.linspace(-1, 1, plain.shape[1])).sum(), ctx.ctx)
+    torch.testing.assert_close(shared, plain, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(g_shared, g_plain, rtol=1e-4, atol=1e-5)
+
+
+def test_shared_prefix_refuses_what_it_cannot_do(bundle_factory) -> None:
+    m = edgeclip.load(bundle_factory("test-tiny-mobile"), backend="torch")
+    assert not m.text_tower.supports_shared_prefix()  # bidirectional: the prefix sees the class name
+    vit = edgeclip.load(bundle_factory("test-tiny-vit"), backend="torch")
+    per_class = vit.prompt_context("a photo of a", per_class=True, n_classes=2)
+    with pytest.raises(ClassNameError, match="per-class"):
+        per_class.build_split(["a", "b"])
+    ctx = vit.prompt_context("a photo of a")
+    prefix, rest, eot = ctx.build_split(["a", "b"])
+    with pytest.raises(InputError, match="after the shared prefix"):
+        vit.text_tower.forward_shared_prefix(prefix, rest, torch.zeros_like(eot))

@@ -51,6 +51,7 @@ class TPT(TestTimeMethod):
         init: str = "a photo of a",
         weight_decay: float = 0.01,
         reselect_each_step: bool = False,
+        shared_prefix: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(model, class_names, **kwargs)
@@ -62,12 +63,20 @@ class TPT(TestTimeMethod):
         self.tower = model.text_tower
         self.tower.requires_grad_(False)
         self.prompt = model.prompt_context(init)
+        self.shared_prefix = shared_prefix and self.tower.supports_shared_prefix()
         self.optimizer = torch.optim.AdamW([self.prompt.ctx], lr=lr, weight_decay=weight_decay)
         self._optimizer_state = copy.deepcopy(self.optimizer.state_dict())
         self.skipped_steps = 0
 
     def text_embeds(self) -> torch.Tensor:
-        """Class text embeddings ``[C, D]`` under the current context (differentiable in it)."""
+        """Class text embeddings ``[C, D]`` under the current context (differentiable in it).
+
+        The tower runs only up to the last EOT, and on a causal tower the shared prefix (SOT and the context)
+        is computed once for all classes instead of once per class.
+        """
+        if self.shared_prefix:
+            prefix, rest, eot = self.prompt.build_split(self.class_names)
+            return self.tower.forward_shared_prefix(prefix, rest, eot)
         tokens, eot = self.prompt.build(self.class_names)
         return self.tower(tokens, eot)
 
