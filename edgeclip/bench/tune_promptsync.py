@@ -3,7 +3,8 @@
 The search is staged: (A) alignment weight × visual-prompt learning rate, (B) discrimination weight ×
 temperature at the best A, (C) the context learning rate at the best A+B. Every configuration adapts on the
 same frames with the same views: the views' image embeddings are computed once per frame and cached, so
-configurations differ only in the adaptation. TPT on the same cached views is the baseline.
+configurations differ only in the adaptation. TPT on the same cached views is the baseline. The recorded run
+and the choice made from it are in `docs/promptsync-tuning.md`.
 """
 
 from __future__ import annotations

@@ -47,10 +47,10 @@ logger = logging.getLogger(__name__)
 
 
 class PromptSyncConfig:
-    """The loss weights, temperature and learning rates (see `edgeclip/runtime/methods/promptsync_tuning.md`
-    for how the defaults were chosen on a validation stream)."""
+    """The loss weights, temperature and learning rates. The defaults were chosen on the validation stream,
+    never the held-out one: the search and the reasons are in `docs/promptsync-tuning.md`."""
 
-    def __init__(self, lambda_align: float = 1.0, lambda_disc: float = 0.1, tau: float = 0.07,
+    def __init__(self, lambda_align: float = 0.3, lambda_disc: float = 0.1, tau: float = 0.07,
                  lr_ctx: float = 5e-3, lr_delta: float = 5e-3) -> None:
         if tau <= 0:
             raise InputError(f"tau must be > 0, got {tau}")
