@@ -203,4 +203,4 @@ class PromptSync(TPT):
                 z = F.normalize(e[sel.index].mean(dim=0), dim=-1)
                 label = int(probs.argmax())
                 self.bank.add(z.unsqueeze(0), torch.tensor([label]), sel.entropy[sel.index].mean().reshape(1))
-        return FrameResult(probs, {"loss": losses, "skipped": self.skipped_steps})
+        return FrameResult(probs, {"loss": losses, "skipped_steps": sum(1 for x in losses if x != x)})

@@ -98,7 +98,7 @@ class TPT(TestTimeMethod):
         else:
             log_p = log_mean_prob_over(logits, self._index)
         loss = mean_entropy(log_p)
-        if not torch.isfinite(loss):
+        if not torch.isfinite(loss):  # never let a NaN/Inf reach the context: skip the step, count it
             self.skipped_steps += 1
             return float("nan")
         self.optimizer.zero_grad(set_to_none=True)
@@ -111,4 +111,4 @@ class TPT(TestTimeMethod):
         losses = [self.step(embeds) for _ in range(self.steps)]
         with torch.no_grad():
             probs = cosine_logits(embeds[:1], self.text_embeds(), self.scale).softmax(dim=-1)[0]
-        return FrameResult(probs, {"loss": losses})
+        return FrameResult(probs, {"loss": losses, "skipped_steps": sum(1 for x in losses if x != x)})
