@@ -40,9 +40,9 @@ def test_one_class(micro: edgeclip.EdgeClip) -> None:
 
 
 def test_non_finite_loss_never_reaches_the_state(micro: edgeclip.EdgeClip) -> None:
+    protos = torch.nn.functional.normalize(torch.randn(16, micro.bundle.embed_dim), dim=1)
     for method in (TPT(micro, shapes.class_names(), n_views=8),
-                   PromptSync(micro, shapes.class_names(), n_views=8,
-                              prototypes=torch.nn.functional.normalize(torch.randn(16, micro.bundle.embed_dim), dim=1))):
+                   PromptSync(micro, shapes.class_names(), n_views=8, prototypes=protos)):
         bad = torch.full((8, micro.bundle.embed_dim), float("nan"))
         before = method.prompt.ctx.detach().clone()
         result = method.adapt(bad)
