@@ -33,12 +33,17 @@ def _parse_ints(text: str) -> list[int]:
 
 # -- verbs ----------------------------------------------------------------------------------------
 def cmd_demo(args: argparse.Namespace) -> int:
-    from edgeclip.demo import demo_table, run_demo
+    from edgeclip.demo import demo_table, run_demo, run_tta_demo, tta_table
 
     result = run_demo(args.bundle, n_per_shift=args.n, backends=args.backend, threads=args.threads,
                       progress=not args.json)
     text = (f"edgeclip demo: zero-shot on {len(result['classes'])} classes, {args.n} images per shift, "
             f"batch 1\nbundle: {result['bundle']}\n\n" + demo_table(result))
+    if args.tta_n > 0:
+        tta = run_tta_demo(args.bundle, n_per_shift=args.tta_n, threads=args.threads, progress=not args.json)
+        result["tta"] = tta
+        text += (f"\n\ntest-time adaptation, {args.tta_n} frames per shift, one at a time, 64 views each "
+                 f"({tta['backend']}; PromptSync prototypes from {tta['prototypes']}):\n\n" + tta_table(tta))
     _emit(args, result, text)
     return 0
 
@@ -207,12 +212,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-v info, -vv debug)")
     sub = p.add_subparsers(dest="verb", required=True)
 
-    d = sub.add_parser("demo", help="zero-shot accuracy and latency of the embedded bundle under domain shifts")
+    d = sub.add_parser("demo", help="zero-shot and test-time adaptation of the embedded bundle under domain shifts")
     d.add_argument("--bundle", help="bundle directory (default: the embedded micro CLIP)")
     d.add_argument("--n", type=int, default=200, help="images per shift (default 200)")
     d.add_argument("--backend", action="append", choices=["torch", "onnxruntime"],
                    help="backend to run (repeatable; default: every one present)")
     d.add_argument("--threads", type=int, help="CPU threads for onnxruntime")
+    d.add_argument("--tta-n", type=int, default=16,
+                   help="frames per shift for zero-shot vs TPT vs PromptSync vs ZERO (default 16; 0 skips it)")
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=cmd_demo)
 

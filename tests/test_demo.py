@@ -32,3 +32,16 @@ def test_demo_runs_every_shift_on_every_backend() -> None:
         assert 0.0 <= r["accuracy"] <= 1.0 and r["median_ms"] > 0 and r["p90_ms"] >= r["median_ms"]
     table = demo_table(result)
     assert table.count("\n") == len(shifts) + 1
+
+
+def test_tta_demo_compares_the_methods_on_the_same_frames() -> None:
+    from edgeclip.demo import TTA_METHODS, run_tta_demo, tta_table
+
+    result = run_tta_demo(n_per_shift=2, shifts=["clean", "blur"], progress=False)
+    assert {(r["shift"], r["method"]) for r in result["rows"]} == {
+        (s, m) for s in ("clean", "blur") for m in TTA_METHODS
+    }
+    for r in result["rows"]:
+        assert 0.0 <= r["accuracy"] <= 1.0 and r["median_ms"] > 0 and r["n"] == 2
+    table = tta_table(result)
+    assert table.count("\n") == 2 + 1 + 2 and "**mean**" in table
