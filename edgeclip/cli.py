@@ -162,6 +162,19 @@ def cmd_bench_kernels(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_view_accuracy(args: argparse.Namespace) -> int:
+    from edgeclip.bench import write_report
+    from edgeclip.bench.view_accuracy import tpt_view_accuracy
+
+    results = tpt_view_accuracy(args.bundle, n=args.n, threads=args.threads, show_progress=not args.json)
+    results["title"] = "TPT accuracy with edgeclip's views vs torchvision's views (same boxes)"
+    results["columns"] = ["shift", "n", "tpt_kernel", "tpt_torchvision", "diff_points", "same_prediction"]
+    paths = write_report(results, Path(args.out), "view-accuracy")
+    text = paths["md"].read_text() + "\nwrote " + ", ".join(str(p) for p in paths.values())
+    _emit(args, results, text)
+    return 0
+
+
 def _parse_names(text: str) -> list[str]:
     vals = [v.strip() for v in text.split(",") if v.strip()]
     if not vals:
@@ -294,6 +307,15 @@ def build_parser() -> argparse.ArgumentParser:
     bk.add_argument("--dims", type=_parse_ints, default=[512, 768], help="embedding widths D, e.g. 512,768")
     bk.add_argument("--json", action="store_true")
     bk.set_defaults(func=cmd_bench_kernels)
+
+    bv = bsub.add_parser("view-accuracy", help="TPT on the held-out micro benchmark with edgeclip's views and "
+                         "with torchvision's views on the same boxes")
+    bv.add_argument("--bundle", help="bundle (default: the embedded micro CLIP)")
+    bv.add_argument("--n", type=int, default=256, help="held-out frames per shift (default 256)")
+    bv.add_argument("--threads", type=int, default=None, help="torch and onnxruntime threads")
+    bv.add_argument("--out", default="bench-results", help="folder for the JSON and Markdown reports")
+    bv.add_argument("--json", action="store_true")
+    bv.set_defaults(func=cmd_bench_view_accuracy)
     bt = bsub.add_parser("tta", help="test-time adaptation: accuracy and latency of every method, edgeclip's TPT "
                          "vs the reference TPT per image, text path against the number of classes")
     bt.add_argument("--part", action="append", choices=["accuracy", "speed", "text-stress"],

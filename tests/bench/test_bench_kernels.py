@@ -145,3 +145,16 @@ def test_bench_kernels_cuda_tiny() -> None:
     res = bench_kernels(**TINY, device="cuda", warmup=1, repeats=2, time_budget_s=5.0, progress=False)
     _check_results(res, device="cuda")
     assert {r["device"] for r in res["rows"] if r["impl"] == "PIL loop (TPT)"} == {"cpu"}
+
+
+def test_view_accuracy_cli_writes_reports(tmp_path) -> None:
+    from edgeclip.cli import main
+
+    assert main(["bench", "view-accuracy", "--n", "2", "--threads", "1", "--out", str(tmp_path), "--json"]) == 0
+    import json
+
+    data = json.loads((tmp_path / "view-accuracy.json").read_text())
+    mean = data["rows"][-1]
+    assert mean["shift"] == "mean" and mean["n"] == 2 * 7
+    assert 0 <= mean["tpt_kernel"] <= 100 and 0 <= mean["same_prediction"] <= 100
+    assert (tmp_path / "view-accuracy.md").exists()
