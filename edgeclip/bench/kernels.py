@@ -103,7 +103,9 @@ def _augment_case(height: int, width: int, n_views: int, size: int, device: str,
     frame = noisy_frame(height, width, seed)  # (H, W, 3) uint8, CPU
     image = Image.fromarray(frame.numpy())  # what TPT's loader hands its transforms
     frame_dev = frame.to(device)
-    frame_chw = frame_dev.permute(2, 0, 1).contiguous()  # (3, H, W): tv2's layout
+    # (3, H, W) as a view of the H×W×3 frame (channels-last memory): torchvision's uint8 antialiased resize is
+    # about 2.3x faster on it than on a contiguous CHW copy, so the peer gets its fastest layout
+    frame_chw = frame_dev.permute(2, 0, 1)
     g_pool = torch.Generator().manual_seed(seed + 1)
     pool = [sample_boxes(height, width, n_views, generator=g_pool) for _ in range(BOX_POOL)]
     boxes_cycle = itertools.cycle(pool)
@@ -303,7 +305,8 @@ def bench_kernels(
         "tensor and draws its boxes inside the timed call; the PIL loop is TPT's (Resize + CenterCrop, then "
         "RandomResizedCrop + RandomHorizontalFlip, ToTensor + Normalize per view) on a PIL image of the frame, "
         "single-threaded, always on the CPU; tv2 runs torchvision.transforms.v2.functional per view on a "
-        f"3×H×W uint8 tensor, cycling through {BOX_POOL} box sets drawn before timing.",
+        f"3×H×W uint8 tensor (a channels-last view of the frame, its fastest layout), one view at a time, then "
+        f"one to_dtype + normalize on the stack, cycling through {BOX_POOL} box sets drawn before timing.",
         "parity (augment_views peer rows): mean / max |edgeclip − peer| over every pixel of the same boxes' "
         "views, de-normalised to [0, 1] pixel units (1/255 = 0.0039); the peers round each view to 8 bits.",
         f"cosine+select: N image and C class embeddings of width D (random normal) → scale · cos (scale "
