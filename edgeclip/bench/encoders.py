@@ -178,18 +178,23 @@ _NOUNS = ("dog", "kite", "bicycle", "teapot", "forklift", "heron", "lamp", "pall
 
 
 def class_names(n: int, seed: int = 0) -> list[str]:
-    """`n` distinct class names of 1–4 words (cycling 1, 2, 3, 4), the same for the same `seed`."""
+    """`n` distinct class names of 1–4 words (cycling 1, 2, 3, 4; a word count whose names are used up
+    passes its turn to a longer one), the same for the same `seed`."""
     if n < 1:
         raise ValueError(f"need at least one class name, got n={n}")
     rng = random.Random(seed)
     seen: set[str] = set()
     out: list[str] = []
+    misses = 0
     while len(out) < n:
-        words = len(out) % 4 + 1
+        words = (len(out) + misses // 64) % 4 + 1
         name = " ".join([*rng.sample(_ADJECTIVES, words - 1), rng.choice(_NOUNS)])
-        if name not in seen:
-            seen.add(name)
-            out.append(name)
+        if name in seen:
+            misses += 1  # after 64 repeats in a row, move on to the next word count
+            continue
+        misses = 0
+        seen.add(name)
+        out.append(name)
     return out
 
 

@@ -229,3 +229,9 @@ def test_bench_encoders_sequential(tiny_bundle: Path) -> None:
     assert res["config"]["interleave"] is False
     assert [(r["encoder"], r["backend"]) for r in res["rows"]] == [("image", "torch"), ("image", "onnxruntime")]
     assert res["rows"][1]["speedup"] > 0
+
+
+def test_class_names_scale_past_the_one_word_pool() -> None:
+    names = class_names(2000, seed=3)
+    assert len(set(names)) == 2000 and names == class_names(2000, seed=3)
+    assert {len(n.split()) for n in names} == {1, 2, 3, 4}
