@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 import edgeclip
-from edgeclip.bench.report import cpu_snapshot, machine_info, other_cpu_load
+from edgeclip.bench.report import add_busy_note, cpu_snapshot, machine_info, other_cpu_load
 from edgeclip.bench.timing import TimingStats, measure, measure_interleaved, ratio_with_spread
 from edgeclip.errors import BackendError, BundleError, EdgeClipError
 from edgeclip.runtime import bundle as B
@@ -486,12 +486,8 @@ def bench_encoders(
         "image: random normalised pixels; text: prompts 'a photo of a {name}.' with 1–4-word names, "
         "tokens = sequence length after causal truncation (max EOT + 1).",
     ]
-    busy = max((r["other_load"] or 0.0 for r in rows), default=0.0)
-    if busy > 0.25:
-        notes.append(f"other processes kept up to {busy:.2f} CPU cores busy during a case (other_load; "
-                     "0 = idle machine): absolute times are inflated, PyTorch's multi-threaded ones above "
-                     "all; round-robin timing shares the slowdown, but ratios can still shift.")
-        log.warning("benchmark ran beside other work (up to %.2f cores busy); timings are unreliable", busy)
+    add_busy_note(rows, notes, "absolute times are inflated, PyTorch's multi-threaded ones above all; round-robin "
+                  "timing shares the slowdown, but ratios can still shift")
     return {"title": f"Encoder latency: {label}", "bench": "encoders", "config": config,
             "columns": list(COLUMNS), "rows": rows, "notes": notes, "machine": machine_info(threads)}
 

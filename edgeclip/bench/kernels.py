@@ -30,7 +30,7 @@ from PIL import Image
 
 from edgeclip.bench.encoders import _torch_threads
 from edgeclip.bench.peers import pil_views, torch_similarity_selection, tv2_views
-from edgeclip.bench.report import cpu_snapshot, machine_info, other_cpu_load
+from edgeclip.bench.report import add_busy_note, cpu_snapshot, machine_info, other_cpu_load, positive_ints
 from edgeclip.bench.timing import TimingStats, measure_interleaved, ratio_with_spread
 from edgeclip.errors import BackendError
 from edgeclip.kernels.augment_views import CLIP_STD, augment_views
@@ -194,13 +194,6 @@ def _time_case(case: _Case, *, warmup: int, repeats: int, min_time: float | None
     return rows
 
 
-def _check(name: str, values: Sequence[int]) -> list[int]:
-    out = [int(v) for v in values]
-    if any(v < 1 for v in out):
-        raise ValueError(f"{name} must be >= 1, got {out}")
-    return out
-
-
 def bench_kernels(
     *,
     device: str = "cpu",
@@ -252,11 +245,11 @@ def bench_kernels(
         raise BackendError(f"device {device!r} asked for but PyTorch sees no CUDA device")
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
-    frame_list = [tuple(_check("frame sizes", f)) for f in frames]
+    frame_list = [tuple(positive_ints("frame sizes", f)) for f in frames]
     if any(len(f) != 2 for f in frame_list):
         raise ValueError(f"frames must be (height, width) pairs, got {frame_list}")
-    (n_views, size) = _check("n_views and size", (n_views, size))
-    class_list, dim_list = _check("classes", classes), _check("dims", dims)
+    (n_views, size) = positive_ints("n_views and size", (n_views, size))
+    class_list, dim_list = positive_ints("classes", classes), positive_ints("dims", dims)
     sim_cases = [(c, d) for d in dim_list for c in class_list]
     total = len(frame_list) + len(sim_cases)
     if total == 0:
@@ -314,12 +307,8 @@ def bench_kernels(
         "their mean probability, forward only; edgeclip = cosine_logits + select_confident, the peer the "
         "plain PyTorch sequence; parity = mean / max |Δ log mean prob| (nats), same_index in the JSON.",
     ]
-    busy = max((r["other_load"] or 0.0 for r in rows), default=0.0)
-    if busy > 0.25:
-        notes.append(f"other processes kept up to {busy:.2f} CPU cores busy during a case (other_load; 0 = idle "
-                     "machine): absolute times are inflated; round-robin timing shares the slowdown, but ratios "
-                     "can still shift.")
-        log.warning("benchmark ran beside other work (up to %.2f cores busy); timings are unreliable", busy)
+    add_busy_note(rows, notes, "absolute times are inflated; round-robin timing shares the slowdown, but ratios "
+                  "can still shift")
     where = "CUDA" if _is_cuda(device) else "CPU"
     return {"title": f"Per-frame kernels on {where}: edgeclip vs TPT-style baselines", "bench": "kernels",
             "config": config, "columns": list(COLUMNS), "rows": rows, "notes": notes,

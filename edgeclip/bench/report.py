@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 import math
 import os
 import platform
@@ -261,3 +262,26 @@ def write_report(results: dict[str, Any], out_dir: Path, name: str) -> dict[str,
     _atomic_write_text(paths["json"], text)
     _atomic_write_text(paths["md"], render_markdown(results, name, machine))
     return paths
+
+
+BUSY_CORES = 0.25
+"""Above this many cores kept busy by other processes during a case, a report warns that timings are unreliable."""
+
+
+def add_busy_note(rows: Sequence[dict[str, Any]], notes: list[str],
+                  effect: str = "absolute times are inflated, and ratios can shift") -> None:
+    """Append a note (and log a warning) when other processes kept the machine busy during any row's case."""
+    busy = max((r.get("other_load") or 0.0 for r in rows), default=0.0)
+    if busy > BUSY_CORES:
+        notes.append(f"other processes kept up to {busy:.2f} CPU cores busy during a case (other_load; "
+                     f"0 = idle machine): {effect}.")
+        logging.getLogger(__name__).warning(
+            "benchmark ran beside other work (up to %.2f cores busy); timings are unreliable", busy)
+
+
+def positive_ints(name: str, values: Sequence[int]) -> list[int]:
+    """`values` as ints, each at least 1 (ValueError naming `name` otherwise)."""
+    out = [int(v) for v in values]
+    if any(v < 1 for v in out):
+        raise ValueError(f"{name} must be >= 1, got {out}")
+    return out

@@ -52,7 +52,14 @@ import torch.nn.functional as F
 
 from edgeclip.bench.encoders import _cache_name, _model_label, _resolve_bundle, _torch_threads, class_names
 from edgeclip.bench.kernels import noisy_frame
-from edgeclip.bench.report import cpu_snapshot, machine_info, other_cpu_load, write_report
+from edgeclip.bench.report import (
+    add_busy_note,
+    cpu_snapshot,
+    machine_info,
+    other_cpu_load,
+    positive_ints,
+    write_report,
+)
 from edgeclip.bench.timing import SETTLE_S, TimingStats, ratio_with_spread
 from edgeclip.data import shapes
 from edgeclip.data.streams import EVAL_SEED, IMBALANCED_SEED, held_out, imbalanced
@@ -271,14 +278,6 @@ def _paired_calls(fns: Mapping[str, Callable[[int], Any]], rounds: int, *, memor
     return _Calls({k: TimingStats.from_samples(v) for k, v in samples.items()}, peaks, results)
 
 
-def _busy_note(rows: Sequence[dict[str, Any]], notes: list[str]) -> None:
-    busy = max((r.get("other_load") or 0.0 for r in rows), default=0.0)
-    if busy > 0.25:
-        notes.append(f"other processes kept up to {busy:.2f} CPU cores busy during a case (other_load; 0 = idle "
-                     "machine): absolute times are inflated, and ratios can shift.")
-        log.warning("benchmark ran beside other work (up to %.2f cores busy); timings are unreliable", busy)
-
-
 def _bar(total: int, desc: str, unit: str, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
@@ -442,7 +441,7 @@ def _accuracy_part(model: EdgeClip, *, n: int, n_reference: int, shifts: list[st
         f"{n_views} views per frame, ρ = 0.1, one step (TPT's defaults); seeds: methods and views {seed}.",
         "goals (held-out mean): " + ", ".join(f"{k}: {'yes' if v else 'no'}" for k, v in goals.items()),
     ]
-    _busy_note(rows, notes)
+    add_busy_note(rows, notes)
     shift_cols = [s for s in shapes.SHIFTS if s in set(shifts) | set(imbalanced_shifts)]
     return {"title": f"Test-time adaptation on {_model_label(model.bundle)}: accuracy and per-image latency",
             "bench": "tta-accuracy", "config": config,
@@ -583,7 +582,7 @@ def _speed_part(targets: list[_SpeedTarget], *, classes: list[int], images: int,
         f"names. tokens = edgeclip's text length (longest prompt); the reference always runs the full context. "
         f"{n_views} views, ρ = 0.1, one AdamW step (lr 5e-3).",
     ]
-    _busy_note(rows, notes)
+    add_busy_note(rows, notes)
     return {"title": "TPT per image: edgeclip vs the reference TPT loop", "bench": "tta-speed", "config": config,
             "columns": list(SPEED_COLUMNS), "rows": rows, "notes": notes}
 
@@ -682,7 +681,7 @@ def _text_part(targets: list[tuple[str, EdgeClip]], *, classes: list[int], n_vie
         "JSON: the untimed first call, which also builds one-time caches such as the frozen token embeddings); "
         "memory_ratio = reference / edgeclip peak.",
     ]
-    _busy_note(rows, notes)
+    add_busy_note(rows, notes)
     return {"title": "Text path stress: one TPT step against the number of classes", "bench": "tta-text-stress",
             "config": config, "columns": list(TEXT_COLUMNS), "rows": rows, "notes": notes}
 
@@ -785,13 +784,6 @@ def write_tta_reports(results: dict[str, Any], out_dir: str | Path, *, suffix: s
 
 
 # -- entry point ------------------------------------------------------------------------------------------
-def _positive(name: str, values: Sequence[int]) -> list[int]:
-    out = [int(v) for v in values]
-    if any(v < 1 for v in out):
-        raise ValueError(f"{name} must be >= 1, got {out}")
-    return out
-
-
 @dataclass
 class _Models:
     """Loaded models, one per bundle, shared by the parts."""
@@ -900,7 +892,7 @@ def bench_tta(
         raise BackendError(f"device {device!r} asked for but PyTorch sees no CUDA device")
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
-    n, n_reference, n_views, speed_images, text_repeats = _positive(
+    n, n_reference, n_views, speed_images, text_repeats = positive_ints(
         "n, n_reference, n_views, speed_images and text_repeats", (n, n_reference, n_views, speed_images, text_repeats))
     if speed_warmup < 0:
         raise ValueError(f"speed_warmup must be >= 0, got {speed_warmup}")
@@ -917,7 +909,7 @@ def bench_tta(
         raise ValueError(f"methods must be among {METHODS}, got {list(methods)}")
     if "accuracy" in parts and not (shift_list or imbalanced_shifts):
         raise ValueError("accuracy part: no shifts and no imbalanced shifts to run")
-    class_list, text_class_list = _positive("classes", classes), _positive("text_classes", text_classes)
+    class_list, text_class_list = positive_ints("classes", classes), positive_ints("text_classes", text_classes)
     if out_dir is not None:
         _check_matplotlib()  # fail before hours of benchmarking, not after
 

@@ -129,4 +129,4 @@ if __name__ == "__main__":  # python -m edgeclip.bench.tune_promptsync OUT_DIR [
     protos = build_prototypes(micro, "shapes:512", progress=False)
     res = search(micro, protos, n=int(sys.argv[2]) if len(sys.argv) > 2 else 128)
     for path in write_search(res, Path(sys.argv[1])):
-        print(path)
+        logger.info("wrote %s", path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,7 +31,7 @@ class FrameResult:
         self.label = int(probs.argmax()) if label is None else int(label)
 
 
-class TestTimeMethod:
+class TestTimeMethod(ABC):
     """Base class: `predict(images)` adapts on every frame (episodic by default) and returns a Prediction.
 
     Subclasses implement `adapt(views_embeds) -> FrameResult`, given the embeddings ``[N, D]`` of the N views
@@ -88,11 +89,13 @@ class TestTimeMethod:
         t2 = time.perf_counter()
         return emb, {"views": t1 - t0, "image_encoder": t2 - t1}
 
-    def adapt(self, embeds: torch.Tensor) -> FrameResult:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def adapt(self, embeds: torch.Tensor) -> FrameResult:
+        """Adapt on one frame's view embeddings ``[N, D]`` and predict its plain view."""
 
     def reset(self) -> None:
-        """Forget everything adapted so far."""
+        """Forget everything adapted so far (a method without state, like ZERO, keeps this default)."""
+        return None
 
     def predict(self, images: Any) -> Prediction:
         """Adapt on each frame of `images` (one image, a list, or a uint8 batch ``[B, H, W, 3]``) and predict it."""

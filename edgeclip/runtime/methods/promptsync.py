@@ -32,6 +32,7 @@ A collapse of the predictions resets the bank too.
 
 from __future__ import annotations
 
+import copy
 import logging
 import warnings
 from collections.abc import Sequence
@@ -107,8 +108,7 @@ class PromptSync(TPT):
             [{"params": [self.prompt.ctx], "lr": cfg.lr_ctx}, {"params": [self.delta], "lr": cfg.lr_delta}],
             weight_decay=kwargs.get("weight_decay", 0.01),
         )
-        self._optimizer_state = self.optimizer.state_dict()
-        self._optimizer_state = {"state": {}, "param_groups": [dict(g) for g in self._optimizer_state["param_groups"]]}
+        self._optimizer_state = copy.deepcopy(self.optimizer.state_dict())
         self.prototypes_source, self.offline = self._prototypes(prototypes)
         self._disc_grad: torch.Tensor | None = None
 
