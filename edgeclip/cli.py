@@ -175,6 +175,19 @@ def cmd_bench_view_accuracy(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_online_memory(args: argparse.Namespace) -> int:
+    from edgeclip.bench.online_memory import bench_online_memory
+
+    results = bench_online_memory(
+        args.bundle, method=args.method, frames=args.frames, segment=args.segment, every=args.every,
+        warmup=args.warmup, threads=args.threads, n_views=args.views, prototypes=args.prototypes, seed=args.seed,
+        out_dir=Path(args.out), progress=not args.json)
+    paths = results["files"]
+    text = paths["md"].read_text() + "\nwrote " + ", ".join(str(p) for p in paths.values())
+    _emit(args, results, text)
+    return 0
+
+
 def _parse_names(text: str) -> list[str]:
     vals = [v.strip() for v in text.split(",") if v.strip()]
     if not vals:
@@ -316,6 +329,25 @@ def build_parser() -> argparse.ArgumentParser:
     bv.add_argument("--out", default="bench-results", help="folder for the JSON and Markdown reports")
     bv.add_argument("--json", action="store_true")
     bv.set_defaults(func=cmd_bench_view_accuracy)
+    bo = bsub.add_parser("online-memory", help="memory of a long online run (RSS, method state, gc objects) "
+                         "one frame at a time on a stream that changes shift every --segment frames")
+    bo.add_argument("--bundle", help="bundle (default: the embedded micro CLIP)")
+    bo.add_argument("--method", choices=["promptsync", "online_prototypes", "tpt"], default="promptsync",
+                    help="promptsync: online PromptSync with a prototype bank (default); online_prototypes; "
+                    "tpt: episodic TPT (a control)")
+    bo.add_argument("--frames", type=int, default=20000, help="frames in the stream (default 20000)")
+    bo.add_argument("--segment", type=int, default=500, help="frames per shift before the next one (default 500)")
+    bo.add_argument("--every", type=int, default=250, help="a memory sample every this many frames (default 250)")
+    bo.add_argument("--warmup", type=int, default=500,
+                    help="first frames excluded from the memory verdict (default 500)")
+    bo.add_argument("--threads", type=int, default=None, help="torch and onnxruntime threads")
+    bo.add_argument("--views", type=int, default=64, help="views per frame (default 64)")
+    bo.add_argument("--prototypes", default=None, help="class prototypes for promptsync and online_prototypes: a "
+                    "prototypes file, or a spec/folder to build them from (default shapes:512)")
+    bo.add_argument("--seed", type=int, default=0, help="seed of the methods' views")
+    bo.add_argument("--out", default="bench-results", help="folder for the JSON, Markdown and PNG reports")
+    bo.add_argument("--json", action="store_true")
+    bo.set_defaults(func=cmd_bench_online_memory)
     bt = bsub.add_parser("tta", help="test-time adaptation: accuracy and latency of every method, edgeclip's TPT "
                          "vs the reference TPT per image, text path against the number of classes")
     bt.add_argument("--part", action="append", choices=["accuracy", "speed", "text-stress"],
