@@ -32,7 +32,6 @@ A collapse of the predictions resets the bank too.
 
 from __future__ import annotations
 
-import copy
 import logging
 import warnings
 from collections.abc import Sequence
@@ -108,7 +107,6 @@ class PromptSync(TPT):
             [{"params": [self.prompt.ctx], "lr": cfg.lr_ctx}, {"params": [self.delta], "lr": cfg.lr_delta}],
             weight_decay=kwargs.get("weight_decay", 0.01),
         )
-        self._optimizer_state = copy.deepcopy(self.optimizer.state_dict())
         self.prototypes_source, self.offline = self._prototypes(prototypes)
         self._disc_grad: torch.Tensor | None = None
 

@@ -11,7 +11,6 @@ prompt; similarity and selection go through `edgeclip.kernels`.
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -65,7 +64,6 @@ class TPT(TestTimeMethod):
         self.prompt = model.prompt_context(init)
         self.shared_prefix = shared_prefix and self.tower.supports_shared_prefix()
         self.optimizer = torch.optim.AdamW([self.prompt.ctx], lr=lr, weight_decay=weight_decay)
-        self._optimizer_state = copy.deepcopy(self.optimizer.state_dict())
         self.skipped_steps = 0
 
     def text_embeds(self) -> torch.Tensor:
@@ -82,7 +80,7 @@ class TPT(TestTimeMethod):
 
     def reset(self) -> None:
         self.prompt.reset()
-        self.optimizer.load_state_dict(self._optimizer_state)
+        self.optimizer.state.clear()  # AdamW's moments start empty (the official loop reloads the initial state)
         self._index = None
 
     def step(self, embeds: torch.Tensor) -> float:
