@@ -118,15 +118,99 @@ def write_search(result: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
     return js, md
 
 
-if __name__ == "__main__":  # python -m edgeclip.bench.tune_promptsync OUT_DIR [N]
-    import sys
+def _online_accuracy(make: Any, cached: list[tuple[str, torch.Tensor, torch.Tensor]]) -> dict[str, float]:
+    """Online: per shift a fresh method sees the frames in order, its state carried, the collapse guard on."""
+    accs = {}
+    for shift, embeds, labels in cached:
+        method = make()
+        correct = 0
+        for f in range(embeds.shape[0]):
+            result = method.adapt(embeds[f])
+            if method.guard.observe(result.label):
+                method.reset()
+            correct += int(result.label == int(labels[f]))
+        accs[shift] = 100.0 * correct / embeds.shape[0]
+    accs["mean"] = sum(accs.values()) / len(cached)
+    return accs
+
+
+STAGE_D = {"proto_weight": (0.0, 1.0, 2.0, 3.0, 5.0), "online_proto_weight": (0.0, 1.0, 2.0, 3.0, 5.0),
+           "steps": (1, 2, 3)}
+
+
+def readout_search(model: EdgeClip, prototypes: ClassPrototypes,
+                   cached: list[tuple[str, torch.Tensor, torch.Tensor]], *, seed: int = 0,
+                   progress: bool = True) -> list[dict[str, Any]]:
+    """Stage D, at the A–C choice: the prototype readout weight γ, episodic (``proto_weight``) and online with
+    a `PrototypeBank` (``online_proto_weight``), and the number of steps for TPT and PromptSync."""
+    from edgeclip.runtime.prototype_bank import PrototypeBank
+
+    names = shapes.class_names()
+    base = PromptSyncConfig().as_dict()
+    rows: list[dict[str, Any]] = []
+    jobs: list[tuple[dict[str, Any], Any, bool]] = []
+    for g in STAGE_D["proto_weight"]:
+        cfg = PromptSyncConfig(**{**base, "proto_weight": g})
+        jobs.append(({"mode": "episodic", "proto_weight": g},
+                     lambda cfg=cfg: PromptSync(model, names, prototypes=prototypes, config=cfg, seed=seed), False))
+    for g in STAGE_D["online_proto_weight"]:
+        cfg = PromptSyncConfig(**{**base, "online_proto_weight": g})
+        jobs.append(({"mode": "online", "online_proto_weight": g},
+                     lambda cfg=cfg: PromptSync(model, names, prototypes=prototypes, config=cfg, seed=seed,
+                                                mode="online", bank=PrototypeBank(len(names), model.bundle.embed_dim)),
+                     True))
+    for steps in STAGE_D["steps"]:
+        jobs.append(({"method": "tpt", "mode": "episodic", "steps": steps},
+                     lambda steps=steps: TPT(model, names, seed=seed, steps=steps), False))
+        jobs.append(({"mode": "episodic", "steps": steps},
+                     lambda steps=steps: PromptSync(model, names, prototypes=prototypes, seed=seed, steps=steps),
+                     False))
+    for what, make, online in tqdm(jobs, desc="stage D", disable=not progress):
+        acc = _online_accuracy(make, cached) if online else _accuracy(make(), cached)
+        rows.append({"stage": "D", "method": "promptsync", **what, **acc})
+        logger.info("stage D %s: %.2f", what, acc["mean"])
+    return rows
+
+
+def _main(argv: Sequence[str]) -> None:
+    import argparse
 
     import edgeclip
 
+    p = argparse.ArgumentParser(prog="python -m edgeclip.bench.tune_promptsync")
+    p.add_argument("out", type=Path)
+    p.add_argument("n", type=int, nargs="?", default=128, help="validation frames per shift")
+    p.add_argument("--stage", choices=["ABC", "D"], default="ABC", help="ABC: losses and learning rates; "
+                   "D: the prototype readout and the steps, at the defaults")
+    p.add_argument("--views-cache", type=Path, default=None,
+                   help="torch file of cached validation view embeddings (written if missing)")
+    args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     torch.set_num_threads(1)
     micro = edgeclip.load(edgeclip.default_bundle(), threads=1)
     protos = build_prototypes(micro, "shapes:512", progress=False)
-    res = search(micro, protos, n=int(sys.argv[2]) if len(sys.argv) > 2 else 128)
-    for path in write_search(res, Path(sys.argv[1])):
-        logger.info("wrote %s", path)
+    if args.stage == "ABC":
+        res = search(micro, protos, n=args.n)
+        for path in write_search(res, args.out):
+            logger.info("wrote %s", path)
+        return
+    t0 = time.perf_counter()
+    if args.views_cache is not None and args.views_cache.is_file():
+        cached = torch.load(args.views_cache, weights_only=False)["cached"]
+    else:
+        cached = cache_views(micro, args.n, shapes.SHIFTS)
+        if args.views_cache is not None:
+            torch.save({"cached": cached}, args.views_cache)
+    rows = readout_search(micro, protos, cached)
+    args.out.mkdir(parents=True, exist_ok=True)
+    out = args.out / "promptsync-tuning-readout.json"
+    out.write_text(json.dumps({"validation_seed": VALIDATION_SEED, "n_per_shift": int(cached[0][1].shape[0]),
+                               "defaults": PromptSyncConfig().as_dict(), "rows": rows,
+                               "seconds": time.perf_counter() - t0}, indent=1) + "\n")
+    logger.info("wrote %s", out)
+
+
+if __name__ == "__main__":  # python -m edgeclip.bench.tune_promptsync OUT_DIR [N] [--stage D]
+    import sys
+
+    _main(sys.argv[1:])

@@ -14,17 +14,24 @@ labelled proxy set, `edgeclip prototypes build`):
   (prototype discrimination), which keeps each class's text close to its own prototype and away from the
   others, so the prompt cannot collapse onto one class;
 * ``L = L_ent + λ_a·L_align + λ_d·L_disc``, one AdamW step, predict the plain view, reset (episodic).
+* the prediction: ``s·cos(x + delta, t_c(ctx)) + γ·s·cos(x + delta, P_c)`` for the plain view ``x``. The
+  prototype readout γ is 0 in episodic mode (``proto_weight``, the formulation as published); in online mode
+  with a bank it is ``online_proto_weight`` (3), and ``P`` are the bank's evolving prototypes, so the readout
+  is the cache term that carries what the stream has taught (both weights chosen on the validation stream,
+  `docs/promptsync-tuning.md`).
 
 The reusable discrimination step: ``ctx`` restarts from the same value for every frame, so the gradient of
 ``L_disc`` at the first step is the same for every frame; it is computed once per class set and added to
-each frame's gradient (``reuse_disc=True``, the default). Later steps (``steps > 1``) and online mode reuse
-it too, which is then an approximation; ``reuse_disc=False`` computes it exactly at every step.
+each frame's gradient (``reuse_disc=True``, the default). Later steps (``steps > 1``) reuse it too, which is
+then an approximation; ``reuse_disc=False`` computes it exactly at every step. With a bank the prototypes
+change from frame to frame, so the gradient is recomputed at every step.
 
 Without prototypes the class text embeddings stand in for them, with a warning: ``L_align`` then pulls the
 test prototype towards the text embeddings and ``L_disc`` is constant. With a `PrototypeBank` (``bank=``) the
 prototypes are refined online from confident test frames.
 
-Online mode (``mode="online"``) carries the prototype bank from frame to frame; the prompts still restart
+Online mode (``mode="online"``) carries the prototype bank from frame to frame (each frame's confident
+views enter it under the predicted class, scored by the prediction's entropy); the prompts still restart
 every frame unless ``carry_prompts=True``, because carried prompts drift: on the micro benchmark (64
 held-out frames per shift) PromptSync with carried prompts fell to 36 % mean accuracy against 54 % episodic.
 A collapse of the predictions resets the bank too.
@@ -56,20 +63,24 @@ class PromptSyncConfig:
     never the held-out one: the search and the reasons are in `docs/promptsync-tuning.md`."""
 
     def __init__(self, lambda_align: float = 0.3, lambda_disc: float = 0.1, tau: float = 0.07,
-                 lr_ctx: float = 5e-3, lr_delta: float = 5e-3) -> None:
+                 lr_ctx: float = 5e-3, lr_delta: float = 5e-3, proto_weight: float = 0.0,
+                 online_proto_weight: float = 3.0) -> None:
         if tau <= 0:
             raise InputError(f"tau must be > 0, got {tau}")
-        if min(lambda_align, lambda_disc, lr_ctx, lr_delta) < 0:
+        if min(lambda_align, lambda_disc, lr_ctx, lr_delta, proto_weight, online_proto_weight) < 0:
             raise InputError("PromptSync weights and learning rates must be >= 0")
         self.lambda_align = lambda_align
         self.lambda_disc = lambda_disc
         self.tau = tau
         self.lr_ctx = lr_ctx
         self.lr_delta = lr_delta
+        self.proto_weight = proto_weight
+        self.online_proto_weight = online_proto_weight
 
     def as_dict(self) -> dict[str, float]:
         return {"lambda_align": self.lambda_align, "lambda_disc": self.lambda_disc, "tau": self.tau,
-                "lr_ctx": self.lr_ctx, "lr_delta": self.lr_delta}
+                "lr_ctx": self.lr_ctx, "lr_delta": self.lr_delta, "proto_weight": self.proto_weight,
+                "online_proto_weight": self.online_proto_weight}
 
 
 def info_nce(text: torch.Tensor, protos: torch.Tensor, tau: float) -> torch.Tensor:
@@ -204,17 +215,29 @@ class PromptSync(TPT):
         self.optimizer.step()
         return float(loss.detach())
 
+    @property
+    def readout_weight(self) -> float:
+        """γ: weight of the prototype readout in the prediction (`online_proto_weight` in online mode with a
+        bank, else `proto_weight`)."""
+        if self.mode == "online" and self.bank is not None:
+            return self.config.online_proto_weight
+        return self.config.proto_weight
+
     def adapt(self, embeds: torch.Tensor) -> FrameResult:
         losses = [self.step(embeds) for _ in range(self.steps)]
         with torch.no_grad():
             e = F.normalize(embeds, dim=-1) + self.delta
             text = self.text_embeds()
-            probs = cosine_logits(e[:1], text, self.scale).softmax(dim=-1)[0]
+            logits = cosine_logits(e[:1], text, self.scale)[0]
+            gamma = self.readout_weight
+            if gamma > 0:  # the prototype readout: a cache term when the bank refines the prototypes online
+                logits = logits + gamma * self.scale * (F.normalize(e[:1], dim=-1) @ self.current_prototypes().T)[0]
+            probs = logits.softmax(dim=-1)
             if self.bank is not None:
                 sel = select_confident(cosine_logits(e, text, self.scale), self.rho, force_first=True)
                 z = F.normalize(e[sel.index].mean(dim=0), dim=-1)
-                label = int(probs.argmax())
-                self.bank.add(z.unsqueeze(0), torch.tensor([label]), sel.entropy[sel.index].mean().reshape(1))
+                score = torch.special.entr(probs).sum()  # the prediction's entropy: lower = more confident
+                self.bank.add(z.unsqueeze(0), torch.tensor([int(probs.argmax())]), score.reshape(1))
         if self.mode == "online" and not self.carry_prompts:
             self.reset_prompts()  # online state is the prototype bank; the prompts restart every frame
         return FrameResult(probs, {"loss": losses, "skipped_steps": sum(1 for x in losses if x != x)})

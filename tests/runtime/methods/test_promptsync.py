@@ -108,3 +108,57 @@ def test_bad_config() -> None:
         PromptSyncConfig(tau=0)
     with pytest.raises(InputError, match=">= 0"):
         PromptSyncConfig(lambda_align=-1)
+
+
+def _readout_reference(ps: PromptSync, embeds: torch.Tensor, protos: torch.Tensor, gamma: float) -> torch.Tensor:
+    """The prediction as documented: s·cos(x + delta, t) + γ·s·cos(x + delta, P), from the adapted state."""
+    x = F.normalize(F.normalize(embeds[:1], dim=-1) + ps.delta, dim=-1)
+    text = F.normalize(ps.text_embeds(), dim=-1)
+    return (ps.scale * x @ text.T + gamma * ps.scale * x @ F.normalize(protos, dim=-1).T)[0].softmax(-1)
+
+
+def test_prototype_readout_in_the_prediction(micro: edgeclip.EdgeClip, protos: torch.Tensor) -> None:
+    names = shapes.class_names()
+    results = {}
+    for gamma in (0.0, 2.0):
+        ps = PromptSync(micro, names, prototypes=protos, config=PromptSyncConfig(proto_weight=gamma), n_views=16,
+                        seed=5)
+        embeds = frame_embeds(ps, seed=6)
+        ps.step(embeds)  # the adapted state the prediction is read from
+        with torch.no_grad():
+            ref = _readout_reference(ps, embeds, protos, gamma)
+        ps.steps = 0  # adapt() without further steps: only the prediction
+        results[gamma] = ps.adapt(embeds).probs
+        torch.testing.assert_close(results[gamma], ref, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(results[0.0], results[2.0])  # the readout changes the prediction
+
+
+def test_online_mode_reads_out_the_bank_prototypes(micro: edgeclip.EdgeClip, protos: torch.Tensor) -> None:
+    from edgeclip.runtime.prototype_bank import PrototypeBank
+
+    names = shapes.class_names()
+    bank = PrototypeBank(16, micro.bundle.embed_dim, 4)
+    ps = PromptSync(micro, names, prototypes=protos, mode="online", bank=bank, n_views=16, seed=2)
+    assert ps.readout_weight == ps.config.online_proto_weight == 3.0
+    assert PromptSync(micro, names, prototypes=protos, n_views=8).readout_weight == 0.0  # episodic: as formulated
+    batch = shapes.make_batch(6, seed=12, shift="blur")
+    pred = ps.predict(batch.images)
+    assert len(bank) >= 1 and bank.offered == 6  # every frame offered to the bank, under its predicted class
+    # the cache term: the next prediction uses the bank-refined prototypes, not the offline ones
+    refined = ps.current_prototypes()
+    assert not torch.allclose(refined, F.normalize(protos, dim=-1))
+    embeds = frame_embeds(ps, seed=13)
+    state = bank.state_dict()
+    ps.steps = 0
+    with torch.no_grad():
+        ref = _readout_reference(ps, embeds, refined, 3.0)
+    torch.testing.assert_close(ps.adapt(embeds).probs, ref, rtol=1e-5, atol=1e-6)
+    bank.load_state_dict(state)
+    assert pred.labels.shape == (6,)
+    # prompts restart every frame in online mode; the bank is what carries over
+    assert torch.equal(ps.prompt.ctx, ps.prompt.ctx_init) and not ps.delta.abs().sum()
+
+
+def test_bad_readout_weight() -> None:
+    with pytest.raises(InputError, match=">= 0"):
+        PromptSyncConfig(online_proto_weight=-0.5)
