@@ -6,7 +6,7 @@ first step and kept for later ones), 4 context tokens initialised from "a photo 
 PyTorch's default weight decay 0.01), one step.
 The fast path: the views' image embeddings are computed once by the exported encoder and reused by the
 prediction pass, which only needs the new text embeddings; the text tower runs truncated to the longest
-prompt; similarity and selection go through `edgeclip.kernels`.
+prompt (under bf16 autocast on CUDA, ``amp``); similarity and selection go through `edgeclip.kernels`.
 """
 
 from __future__ import annotations
@@ -51,9 +51,12 @@ class TPT(TestTimeMethod):
         weight_decay: float = 0.01,
         reselect_each_step: bool = False,
         shared_prefix: bool = True,
+        amp: bool | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(model, class_names, **kwargs)
+        # mixed precision for the text tower: on by default on CUDA (bf16, so no gradient scaler is needed)
+        self.amp = self.device.type == "cuda" if amp is None else bool(amp)
         self.reselect_each_step = reselect_each_step
         self._index: torch.Tensor | None = None
         if steps < 0:
@@ -70,13 +73,17 @@ class TPT(TestTimeMethod):
         """Class text embeddings ``[C, D]`` under the current context (differentiable in it).
 
         The tower runs only up to the last EOT, and on a causal tower the shared prefix (SOT and the context)
-        is computed once for all classes instead of once per class.
+        is computed once for all classes instead of once per class. With ``amp`` it runs under bf16 autocast;
+        the embeddings come back in fp32 either way.
         """
-        if self.shared_prefix:
-            prefix, rest, eot = self.prompt.build_split(self.class_names)
-            return self.tower.forward_shared_prefix(prefix, rest, eot)
-        tokens, eot = self.prompt.build(self.class_names)
-        return self.tower(tokens, eot)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            if self.shared_prefix:
+                prefix, rest, eot = self.prompt.build_split(self.class_names)
+                out = self.tower.forward_shared_prefix(prefix, rest, eot)
+            else:
+                tokens, eot = self.prompt.build(self.class_names)
+                out = self.tower(tokens, eot)
+        return out.float()
 
     def reset(self) -> None:
         self.prompt.reset()

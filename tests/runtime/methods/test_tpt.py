@@ -70,3 +70,16 @@ def test_predict_is_episodic_and_reproducible(micro: edgeclip.EdgeClip, frames: 
     assert a.probs.shape == (6, 16) and np.allclose(a.probs.sum(1).numpy(), 1.0, atol=1e-5)
     assert a.info["method"] == "tpt" and len(a.info["frames"]) == 6
     assert {"views", "image_encoder", "adapt"} <= set(a.timings)
+
+
+def test_amp_text_tower_is_bf16_autocast_close_to_fp32(micro: edgeclip.EdgeClip, frames: shapes.ShapesBatch) -> None:
+    names = shapes.class_names()
+    plain = TPT(micro, names, n_views=16, seed=1)
+    assert plain.amp is False  # off by default on the CPU (on by default on CUDA)
+    amp = TPT(micro, names, n_views=16, seed=1, amp=True)
+    e32, e16 = plain.text_embeds(), amp.text_embeds()
+    assert e16.dtype == torch.float32 and e16.requires_grad
+    assert not torch.equal(e32, e16)  # it did run in reduced precision
+    torch.testing.assert_close(e16, e32, atol=0.05, rtol=0.05)
+    p32, p16 = plain.predict(frames.images[:2]).probs, amp.predict(frames.images[:2]).probs
+    torch.testing.assert_close(p16, p32, atol=0.03, rtol=0.0)
