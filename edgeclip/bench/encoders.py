@@ -31,8 +31,9 @@ from typing import Any
 import torch
 
 import edgeclip
+from edgeclip.bench.memory import is_oom
 from edgeclip.bench.report import add_busy_note, cpu_snapshot, machine_info, other_cpu_load
-from edgeclip.bench.timing import TimingStats, measure, measure_interleaved, ratio_with_spread
+from edgeclip.bench.timing import TimingStats, is_cuda, measure, measure_interleaved, ratio_with_spread
 from edgeclip.errors import BackendError, BundleError, EdgeClipError
 from edgeclip.runtime import bundle as B
 from edgeclip.runtime.model import EdgeClip
@@ -79,9 +80,6 @@ class BackendSpec:
         return self.backend if self.provider is None else f"{self.backend}:{self.provider}"
 
 
-def _is_cuda(device: str) -> bool:
-    return device.startswith("cuda")
-
 
 def parse_backend(spec: str, device: str = "cpu") -> BackendSpec:
     """Parse a backend name: `torch`, `onnxruntime` (the provider edgeclip picks on `device`) or
@@ -107,7 +105,7 @@ def parse_backend(spec: str, device: str = "cpu") -> BackendSpec:
                            f"(present: {', '.join(present)})")
     if provider == CPU_EP:
         return BackendSpec("onnxruntime", provider, "cpu")
-    if not _is_cuda(device):
+    if not is_cuda(device):
         raise ValueError(f"backend {spec!r} runs on the GPU: pass device='cuda' (got device={device!r})")
     return BackendSpec("onnxruntime", provider, device)
 
@@ -122,7 +120,7 @@ def default_backends(device: str = "cpu") -> list[str]:
     for p in available_providers():
         if p not in PROVIDER_ORDER:
             log.info("skipping onnxruntime provider %s (not a compute provider edgeclip places)", p)
-        elif p != CPU_EP and not _is_cuda(device):
+        elif p != CPU_EP and not is_cuda(device):
             log.info("skipping onnxruntime provider %s: it needs device='cuda'", p)
         else:
             out.append(f"onnxruntime:{p}")
@@ -239,13 +237,6 @@ def _torch_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _is_oom(exc: BaseException) -> bool:
-    if isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)):
-        return True
-    msg = str(exc).lower()
-    return "out of memory" in msg or "failed to allocate" in msg
-
-
 def _row(encoder: str, spec: BackendSpec, batch: int, tokens: int | None,
          stats: TimingStats | None, error: str | None = None) -> dict[str, Any]:
     return {
@@ -283,7 +274,7 @@ def _time_case(case: _Case, specs: dict[str, BackendSpec], *, warmup: int, repea
     backend runs out of memory, the case is timed again backend by backend (unpaired), and the
     backend that failed gets a row with `error` set instead of raising.
     """
-    sync = torch.cuda.synchronize if any(_is_cuda(s.device) for s in specs.values()) else None
+    sync = torch.cuda.synchronize if any(is_cuda(s.device) for s in specs.values()) else None
     kw = {"warmup": warmup, "repeats": repeats, "max_time": time_budget_s, "min_repeats": MIN_REPEATS,
           "sync": sync}
     snap = cpu_snapshot()
@@ -294,7 +285,7 @@ def _time_case(case: _Case, specs: dict[str, BackendSpec], *, warmup: int, repea
         try:
             stats = measure_interleaved(case.fns, **kw)
         except Exception as exc:
-            if not _is_oom(exc):
+            if not is_oom(exc):
                 raise
             log.warning("%s batch %d: out of memory (%s); timing the backends one by one",
                         case.encoder, case.batch, exc)
@@ -304,7 +295,7 @@ def _time_case(case: _Case, specs: dict[str, BackendSpec], *, warmup: int, repea
             try:
                 stats[label] = measure(fn, **kw)
             except Exception as exc2:
-                if not _is_oom(exc2):
+                if not is_oom(exc2):
                     raise
                 log.warning("%s %s batch %d: out of memory (%s)", case.encoder, label, case.batch, exc2)
                 errors[label] = f"out of memory: {exc2}"

@@ -31,7 +31,7 @@ from PIL import Image
 from edgeclip.bench.encoders import _torch_threads
 from edgeclip.bench.peers import pil_views, torch_similarity_selection, tv2_views
 from edgeclip.bench.report import add_busy_note, cpu_snapshot, machine_info, other_cpu_load, positive_ints
-from edgeclip.bench.timing import TimingStats, measure_interleaved, ratio_with_spread
+from edgeclip.bench.timing import TimingStats, is_cuda, measure_interleaved, ratio_with_spread
 from edgeclip.errors import BackendError
 from edgeclip.kernels.augment_views import CLIP_STD, augment_views
 from edgeclip.kernels.cosine_logits import cosine_logits, use_triton
@@ -78,9 +78,6 @@ class _Case:
     parity: dict[str, dict[str, Any]] = field(default_factory=dict)  # peer label -> parity figures
 
 
-def _is_cuda(device: str) -> bool:
-    return device.startswith("cuda")
-
 
 def _cpu_views_impl() -> str:
     """Which CPU path `augment_views` takes here: ``native`` (the compiled kernel, built now if need be) or
@@ -111,7 +108,7 @@ def _augment_case(height: int, width: int, n_views: int, size: int, device: str,
     boxes_cycle = itertools.cycle(pool)
     g_edge = torch.Generator().manual_seed(seed + 2)
     g_pil = torch.Generator().manual_seed(seed + 3)
-    edge_impl = "triton" if _is_cuda(device) else _cpu_views_impl()
+    edge_impl = "triton" if is_cuda(device) else _cpu_views_impl()
 
     def edge() -> torch.Tensor:
         return augment_views(frame_dev, n_views, size, generator=g_edge)[0]
@@ -239,9 +236,9 @@ def bench_kernels(
         same_index (cosine+select: whether both selected the same views), other_load (CPU cores other
         processes kept busy during the case, see `other_cpu_load`) and samples_ms.
     """
-    if not (device == "cpu" or _is_cuda(device)):
+    if not (device == "cpu" or is_cuda(device)):
         raise ValueError(f"device must be 'cpu' or 'cuda[:i]', got {device!r}")
-    if _is_cuda(device) and not torch.cuda.is_available():
+    if is_cuda(device) and not torch.cuda.is_available():
         raise BackendError(f"device {device!r} asked for but PyTorch sees no CUDA device")
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
@@ -254,7 +251,7 @@ def bench_kernels(
     total = len(frame_list) + len(sim_cases)
     if total == 0:
         raise ValueError("nothing to time: frames and classes × dims are all empty")
-    sync = torch.cuda.synchronize if _is_cuda(device) else None
+    sync = torch.cuda.synchronize if is_cuda(device) else None
     bar = None
     if progress is True:
         from tqdm.auto import tqdm
@@ -309,7 +306,7 @@ def bench_kernels(
     ]
     add_busy_note(rows, notes, "absolute times are inflated; round-robin timing shares the slowdown, but ratios "
                   "can still shift")
-    where = "CUDA" if _is_cuda(device) else "CPU"
+    where = "CUDA" if is_cuda(device) else "CPU"
     return {"title": f"Per-frame kernels on {where}: edgeclip vs TPT-style baselines", "bench": "kernels",
             "config": config, "columns": list(COLUMNS), "rows": rows, "notes": notes,
             "machine": machine_info(threads)}

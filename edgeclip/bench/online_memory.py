@@ -35,8 +35,10 @@ import numpy as np
 import torch
 
 from edgeclip.bench.encoders import _model_label, _resolve_bundle, _torch_threads
+from edgeclip.bench.figures import check_matplotlib, save_figure
+from edgeclip.bench.memory import malloc_trim, status_kb
 from edgeclip.bench.report import add_busy_note, cpu_snapshot, machine_info, other_cpu_load, write_report
-from edgeclip.bench.tta import _check_matplotlib, _load_prototypes, _make_method, _malloc_trim, _save_figure, _status_kb
+from edgeclip.bench.tta import load_prototypes, make_method
 from edgeclip.data import shapes
 from edgeclip.data.streams import EVAL_SEED
 from edgeclip.errors import InputError
@@ -57,7 +59,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: CLI method name -> the key `edgeclip.bench.tta._make_method` builds it under
+#: CLI method name -> the key `edgeclip.bench.tta.make_method` builds it under
 METHODS: dict[str, str] = {"promptsync": "promptsync-online", "online_prototypes": "online-prototypes", "tpt": "tpt"}
 _NEEDS_PROTOTYPES = ("promptsync", "online_prototypes")
 REPORT_NAME = "online-memory"
@@ -77,7 +79,7 @@ def _kb_to_mb(kb: int | None) -> float | None:
 
 
 def _rss_mb() -> float | None:
-    return _kb_to_mb(_status_kb("VmRSS"))
+    return _kb_to_mb(status_kb("VmRSS"))
 
 
 def _nbytes(tensors: Any) -> int:
@@ -255,15 +257,15 @@ def bench_online_memory(
     _validate(method, frames, segment, every, warmup, n_views, threads, shift_list)
     frames, segment, every, warmup = int(frames), int(segment), int(every), int(warmup)
     if out_dir is not None:
-        _check_matplotlib()  # fail now, not after an hour of frames
+        check_matplotlib()  # fail now, not after an hour of frames
     from edgeclip.assets import default_bundle_path
 
     with _torch_threads(threads):
         b = _resolve_bundle(bundle if bundle is not None else default_bundle_path())
         model = load(b, backend=backend, threads=threads)
         names = shapes.class_names()
-        protos = _load_prototypes(model, names, prototypes, progress) if method in _NEEDS_PROTOTYPES else None
-        predictor = _make_method(METHODS[method], model, names, protos, n_views, seed)
+        protos = load_prototypes(model, names, prototypes, progress) if method in _NEEDS_PROTOTYPES else None
+        predictor = make_method(METHODS[method], model, names, protos, n_views, seed)
         config = {"bundle": str(model.bundle.path), "model": _model_label(model.bundle), "backend": model.backend,
                   "method": method, "method_key": METHODS[method], "mode": getattr(predictor, "mode", None),
                   "frames": frames, "segment": segment, "every": every, "warmup": warmup, "threads": threads,
@@ -334,7 +336,7 @@ class _Run:
         from tqdm.auto import tqdm
 
         gc.collect()
-        _malloc_trim()  # the baseline sample should not carry the setup's freed temporaries
+        malloc_trim()  # the baseline sample should not carry the setup's freed temporaries
         self._t_start = time.perf_counter()
         self.sample()
         method = self.method
@@ -395,7 +397,7 @@ class _Run:
                                                "stored": bank.stored, "skipped": bank.skipped},
             "gc_objects_first": self.samples[0]["gc_objects"] if self.samples else None,
             "gc_objects_last": last.get("gc_objects"),
-            "vmhwm_mb": _kb_to_mb(_status_kb("VmHWM")),
+            "vmhwm_mb": _kb_to_mb(status_kb("VmHWM")),
             "wall_s": self.wall_s,
             "ms_per_frame": 1e3 * self.wall_s / n if n else None,
             "median_ms": float(np.median(lat)) if n else None,
@@ -515,12 +517,12 @@ def _plot(results: dict[str, Any], path: Path) -> None:
     cycle = " → ".join(cfg["shifts"])
     fig.suptitle(f"{results['title']}\n(shaded: warm-up; dotted: shift changes every {cfg['segment']} frames, "
                  f"cycling {cycle})", fontsize=9)
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
 def write_online_memory_report(results: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
     """Write ``out_dir/online-memory.json`` and ``.md`` (`write_report`) and ``.png``; returns their paths."""
-    _check_matplotlib()
+    check_matplotlib()
     out = Path(out_dir).expanduser()
     payload = {k: v for k, v in results.items() if k != "files"}
     paths = dict(write_report(payload, out, REPORT_NAME))

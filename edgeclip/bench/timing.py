@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["TimingStats", "measure", "measure_interleaved", "ratio_with_spread"]
+__all__ = ["TimingStats", "is_cuda", "measure", "measure_interleaved", "ratio_with_spread"]
 
 
 @dataclass(frozen=True)
@@ -234,3 +234,8 @@ def ratio_with_spread(a: TimingStats, b: TimingStats, *, paired: bool = False) -
     lo, hi = np.percentile(ratios, [10, 90])
     return {"ratio": b.median_ms / a.median_ms, "ratio_p90": b.p90_ms / a.p90_ms,
             "ratio_lo": float(lo), "ratio_hi": float(hi)}
+
+
+def is_cuda(device: str) -> bool:
+    """Whether a device string names a CUDA device (``cuda``, ``cuda:1``)."""
+    return device.startswith("cuda")

@@ -22,24 +22,13 @@ Three parts, each selectable (`PARTS`):
   longest prompt) against the reference's loop (full 77-token sequence), timed round-robin, with a PNG of
   latency and peak memory against C.
 
-Peak memory (`PeakMemory`): on the CPU, the peak resident set size above the resident size at the start of
-the measured block: glibc's free lists are trimmed (``malloc_trim(0)``), the kernel's high-water mark is
-reset (``5`` written to ``/proc/self/clear_refs``), and the block's peak is ``VmHWM`` (after) − ``VmRSS``
-(before), both from ``/proc/self/status``. Where the mark cannot be reset the growth of ``VmHWM`` is used
-(0 when the block stays under an earlier peak), and without ``/proc`` the growth of ``getrusage``'s
-``ru_maxrss``; `PeakMemory.method` says which. On CUDA: ``torch.cuda.max_memory_allocated`` after
-``reset_peak_memory_stats``, minus the memory allocated at the start (PyTorch's allocator only).
+Peak memory: `edgeclip.bench.memory.PeakMemory`.
 """
 
 from __future__ import annotations
 
-import ctypes
-import functools
-import gc
 import logging
 import math
-import os
-import resource
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -51,7 +40,9 @@ import torch
 import torch.nn.functional as F
 
 from edgeclip.bench.encoders import _cache_name, _model_label, _resolve_bundle, _torch_threads, class_names
+from edgeclip.bench.figures import check_matplotlib, save_figure
 from edgeclip.bench.kernels import noisy_frame
+from edgeclip.bench.memory import MEMORY_METHODS, PeakMemory, is_oom
 from edgeclip.bench.report import (
     add_busy_note,
     cpu_snapshot,
@@ -60,10 +51,10 @@ from edgeclip.bench.report import (
     positive_ints,
     write_report,
 )
-from edgeclip.bench.timing import SETTLE_S, TimingStats, ratio_with_spread
+from edgeclip.bench.timing import SETTLE_S, TimingStats, is_cuda, ratio_with_spread
 from edgeclip.data import shapes
 from edgeclip.data.streams import EVAL_SEED, IMBALANCED_SEED, held_out, imbalanced
-from edgeclip.errors import BackendError, BundleError, EdgeClipError, InputError
+from edgeclip.errors import BackendError, BundleError, InputError
 from edgeclip.runtime import bundle as B
 from edgeclip.runtime.model import EdgeClip, load
 
@@ -75,8 +66,9 @@ __all__ = [
     "PARTS",
     "SPEED_COLUMNS",
     "TEXT_COLUMNS",
-    "PeakMemory",
     "bench_tta",
+    "load_prototypes",
+    "make_method",
     "random_weight_bundle",
     "write_tta_reports",
 ]
@@ -101,117 +93,9 @@ TEXT_COLUMNS = ["bundle", "classes", "impl", "tokens", "n", "median_ms", "p90_ms
 EDGE_TEXT, REF_TEXT = "edgeclip (truncated)", "reference (full length)"
 
 
-# -- memory -----------------------------------------------------------------------------------------------
-def _status_kb(key: str) -> int | None:
-    """A ``kB`` field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``), None where there is none."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def _reset_hwm() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-@functools.lru_cache(maxsize=1)
-def _libc_trim() -> Callable[[int], int] | None:
-    try:
-        return ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return None
-
-
-def _malloc_trim() -> None:
-    """Give glibc's free heap pages back to the OS, so freed memory that is still resident does not hide the
-    next block's growth (a no-op where there is no glibc)."""
-    trim = _libc_trim()
-    if trim is not None:
-        trim(0)
-
-
-def _cpu_memory_method() -> str:
-    if _status_kb("VmHWM") is not None and _status_kb("VmRSS") is not None:
-        return "vmhwm-reset" if _reset_hwm() else "vmhwm-growth"
-    return "ru_maxrss-growth"
-
-
-MEMORY_METHODS = {
-    "vmhwm-reset": "peak RSS growth: VmHWM after − VmRSS before (/proc/self/status), the high-water mark reset "
-                   "by writing 5 to /proc/self/clear_refs after malloc_trim(0) at the start of the block",
-    "vmhwm-growth": "VmHWM growth over the block (/proc/self/status; clear_refs not writable, so 0 when the block "
-                    "stays under an earlier peak)",
-    "ru_maxrss-growth": "growth of getrusage(RUSAGE_SELF).ru_maxrss over the block (0 when the block stays under an "
-                        "earlier peak)",
-    "cuda-max-allocated": "torch.cuda.max_memory_allocated after reset_peak_memory_stats, minus the memory allocated "
-                          "at the start of the block (PyTorch's caching allocator only)",
-}
-
-
-class PeakMemory:
-    """Peak memory growth of a block, in MiB: ``start()``, the work, ``stop()`` (see the module docstring).
-
-    ``method`` is one of `MEMORY_METHODS`. ``start()`` runs the garbage collector and trims the heap, so call
-    it outside any timed region.
-    """
-
-    def __init__(self, device: str | torch.device = "cpu") -> None:
-        self.device = torch.device(device)
-        self.cuda = self.device.type == "cuda"
-        self.method = "cuda-max-allocated" if self.cuda else _cpu_memory_method()
-        self._base = 0
-
-    def start(self) -> None:
-        gc.collect()
-        if self.cuda:
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self._base = torch.cuda.memory_allocated(self.device)
-            return
-        _malloc_trim()
-        if self.method == "vmhwm-reset":
-            _reset_hwm()
-            self._base = _status_kb("VmRSS") or 0
-        elif self.method == "vmhwm-growth":
-            self._base = _status_kb("VmHWM") or 0
-        else:
-            self._base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux
-
-    def stop(self) -> float:
-        """Peak growth since `start`, MiB (never negative)."""
-        if self.cuda:
-            torch.cuda.synchronize(self.device)
-            return max(0, torch.cuda.max_memory_allocated(self.device) - self._base) / 2**20
-        if self.method == "ru_maxrss-growth":
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        else:
-            peak = _status_kb("VmHWM") or 0
-        return max(0, peak - self._base) / 1024.0
-
-
 # -- shared helpers ---------------------------------------------------------------------------------------
-def _is_cuda(device: str) -> bool:
-    return device.startswith("cuda")
-
-
 def _sync_fn(device: str) -> Callable[[], Any] | None:
-    return torch.cuda.synchronize if _is_cuda(device) else None
-
-
-def _is_oom(exc: BaseException) -> bool:
-    if isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)):
-        return True
-    msg = str(exc).lower()
-    return "out of memory" in msg or "failed to allocate" in msg
+    return torch.cuda.synchronize if is_cuda(device) else None
 
 
 def random_weight_bundle(model_name: str, cache_dir: str | Path, *, progress: bool = True) -> B.Bundle:
@@ -285,7 +169,7 @@ def _bar(total: int, desc: str, unit: str, enabled: bool) -> Any:
 
 
 # -- part 1: accuracy -------------------------------------------------------------------------------------
-def _load_prototypes(model: EdgeClip, names: list[str], prototypes: str | Path | None, progress: bool) -> Any:
+def load_prototypes(model: EdgeClip, names: list[str], prototypes: str | Path | None, progress: bool) -> Any:
     """`ClassPrototypes` for `names`: a saved file when `prototypes` is one, else built from the spec or folder
     it names (default: the disjoint procedural proxy stream ``shapes:512``)."""
     from edgeclip.runtime.prototypes import build_prototypes, resolve_prototypes
@@ -296,7 +180,7 @@ def _load_prototypes(model: EdgeClip, names: list[str], prototypes: str | Path |
     return build_prototypes(model, spec, class_names=names, progress=progress)
 
 
-def _make_method(key: str, model: EdgeClip, names: list[str], protos: Any, n_views: int, seed: int) -> Any:
+def make_method(key: str, model: EdgeClip, names: list[str], protos: Any, n_views: int, seed: int) -> Any:
     """A fresh predictor (``predict(images) -> Prediction``) for method `key`."""
     from edgeclip.bench.peers.tpt_reference import ReferenceTPT
     from edgeclip.runtime.methods import TPT, OnlinePrototypes, PromptSync, Zero
@@ -328,7 +212,7 @@ def _run_stream(key: str, model: EdgeClip, names: list[str], protos: Any, images
     method is built to after its last frame."""
     snap = cpu_snapshot()
     memory.start()
-    method = _make_method(key, model, names, protos, n_views, seed)
+    method = make_method(key, model, names, protos, n_views, seed)
     times_ms, correct, stages = [], [], {}
     for frame, label in zip(images, labels, strict=True):
         if sync is not None:
@@ -372,7 +256,7 @@ def _accuracy_part(model: EdgeClip, *, n: int, n_reference: int, shifts: list[st
                    progress: bool) -> dict[str, Any]:
     names = shapes.class_names()
     need_protos = any(m in ("promptsync", "promptsync-online", "online-prototypes") for m in methods)
-    protos = _load_prototypes(model, names, prototypes, progress) if need_protos else None
+    protos = load_prototypes(model, names, prototypes, progress) if need_protos else None
     memory = PeakMemory(device)
     sync = _sync_fn(device)
     n_ref = min(n_reference, n)
@@ -380,7 +264,7 @@ def _accuracy_part(model: EdgeClip, *, n: int, n_reference: int, shifts: list[st
     per_method = {m: (n_ref if m == "tpt-reference" else n) for m in methods}
     warm_frame = noisy_frame(64, 64, seed=seed).numpy()  # not from any stream: only wakes up lazy state
     for key in methods:  # one untimed call each (ORT arenas, thread pools, autograd) before anything is measured
-        _make_method(key, model, names, protos, n_views, seed).predict(warm_frame)
+        make_method(key, model, names, protos, n_views, seed).predict(warm_frame)
     bar = _bar(len(streams) * sum(per_method.values()), "bench tta accuracy", "frame", progress)
     snap_start = cpu_snapshot()
     details: list[dict[str, Any]] = []
@@ -553,7 +437,7 @@ def _speed_part(targets: list[_SpeedTarget], *, classes: list[int], images: int,
                 rows.append(_speed_case(target, names, kind, n_views=n_views, warmup=warmup, seed=seed, device=device,
                                         memory=memory, tick=lambda: bar.update(1)))
             except Exception as exc:
-                if not _is_oom(exc):
+                if not is_oom(exc):
                     raise
                 log.warning("speed %s C=%d: out of memory (%s)", target.label, len(names), exc)
                 rows.append({"bundle": target.label, "names": kind, "classes": len(names),
@@ -656,7 +540,7 @@ def _text_part(targets: list[tuple[str, EdgeClip]], *, classes: list[int], n_vie
                 rows += _text_case(m, label, c, n_views=n_views, repeats=repeats, time_budget_s=time_budget_s,
                                    seed=seed, device=device, memory=memory)
             except Exception as exc:
-                if not _is_oom(exc):
+                if not is_oom(exc):
                     raise
                 log.warning("text-stress %s C=%d: out of memory (%s)", label, c, exc)
                 rows.append({"bundle": label, "classes": c, "impl": "both", "error": f"out of memory: {exc}"})
@@ -687,25 +571,6 @@ def _text_part(targets: list[tuple[str, EdgeClip]], *, classes: list[int], n_vie
 
 
 # -- plots and reports ------------------------------------------------------------------------------------
-def _check_matplotlib() -> None:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError as exc:
-        raise EdgeClipError("the tta benchmark's plots need matplotlib: pip install 'edgeclip[bench]'") from exc
-
-
-def _save_figure(fig: Any, path: Path) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(fig)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    try:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _plot_accuracy(results: dict[str, Any], path: Path) -> None:
     """Mean accuracy against median latency per method (log x), held-out filled, imbalanced hollow."""
     from matplotlib.figure import Figure
@@ -730,7 +595,7 @@ def _plot_accuracy(results: dict[str, Any], path: Path) -> None:
     ax.set_title(results.get("title", "accuracy vs latency"), fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
 def _plot_text(results: dict[str, Any], path: Path) -> None:
@@ -760,7 +625,7 @@ def _plot_text(results: dict[str, Any], path: Path) -> None:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(results.get("title", "text path"), fontsize=10)
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
 REPORT_NAMES = {"accuracy": "tta-accuracy", "speed": "tta-speed", "text-stress": "tta-text-stress"}
@@ -776,7 +641,7 @@ def write_tta_reports(results: dict[str, Any], out_dir: str | Path, *, suffix: s
         name = REPORT_NAMES[part] + suffix
         paths = dict(write_report(res, out, name))
         if part in _PLOTS:
-            _check_matplotlib()
+            check_matplotlib()
             paths["png"] = out / f"{name}.png"
             _PLOTS[part](res, paths["png"])
         files[part] = paths
@@ -886,9 +751,9 @@ def bench_tta(
     bad = [p for p in parts if p not in PARTS]
     if bad or not parts:
         raise ValueError(f"parts must be among {PARTS}, got {list(parts)}")
-    if not (device == "cpu" or _is_cuda(device)):
+    if not (device == "cpu" or is_cuda(device)):
         raise ValueError(f"device must be 'cpu' or 'cuda[:i]', got {device!r}")
-    if _is_cuda(device) and not torch.cuda.is_available():
+    if is_cuda(device) and not torch.cuda.is_available():
         raise BackendError(f"device {device!r} asked for but PyTorch sees no CUDA device")
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
@@ -911,7 +776,7 @@ def bench_tta(
         raise ValueError("accuracy part: no shifts and no imbalanced shifts to run")
     class_list, text_class_list = positive_ints("classes", classes), positive_ints("text_classes", text_classes)
     if out_dir is not None:
-        _check_matplotlib()  # fail before hours of benchmarking, not after
+        check_matplotlib()  # fail before hours of benchmarking, not after
 
     models = _Models(backend, device, threads)
     results: dict[str, Any] = {}

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from edgeclip.bench import bench_tta
-from edgeclip.bench.tta import METHODS, PARTS, REF_SUBSET, PeakMemory, _paired_calls
+from edgeclip.bench.memory import PeakMemory
+from edgeclip.bench.tta import METHODS, PARTS, REF_SUBSET, _paired_calls
 from edgeclip.cli import main
 from edgeclip.errors import InputError
 
