@@ -176,12 +176,15 @@ def cmd_bench_view_accuracy(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_online_memory(args: argparse.Namespace) -> int:
-    from edgeclip.bench.online_memory import bench_online_memory
+    from edgeclip.bench.online_memory import bench_online_memory, rejudge
 
-    results = bench_online_memory(
-        args.bundle, method=args.method, frames=args.frames, segment=args.segment, every=args.every,
-        warmup=args.warmup, threads=args.threads, n_views=args.views, prototypes=args.prototypes, seed=args.seed,
-        out_dir=Path(args.out), progress=not args.json)
+    if args.rejudge:
+        results = rejudge(args.rejudge, None if args.out_given is None else Path(args.out_given))
+    else:
+        results = bench_online_memory(
+            args.bundle, method=args.method, frames=args.frames, segment=args.segment, every=args.every,
+            warmup=args.warmup, threads=args.threads, n_views=args.views, prototypes=args.prototypes,
+            seed=args.seed, out_dir=Path(args.out_given or "bench-results"), progress=not args.json)
     paths = results["files"]
     text = paths["md"].read_text() + "\nwrote " + ", ".join(str(p) for p in paths.values())
     _emit(args, results, text)
@@ -345,7 +348,12 @@ def build_parser() -> argparse.ArgumentParser:
     bo.add_argument("--prototypes", default=None, help="class prototypes for promptsync and online_prototypes: a "
                     "prototypes file, or a spec/folder to build them from (default shapes:512)")
     bo.add_argument("--seed", type=int, default=0, help="seed of the methods' views")
-    bo.add_argument("--out", default="bench-results", help="folder for the JSON, Markdown and PNG reports")
+    bo.add_argument("--out", dest="out_given", default=None,
+                    help="folder for the JSON, Markdown and PNG reports (default bench-results; with --rejudge: "
+                    "beside the JSON)")
+    bo.add_argument("--rejudge", metavar="JSON", default=None, help="recompute the verdict of a saved "
+                    "online-memory.json from its samples under the current rule and rewrite its reports "
+                    "(runs no frame)")
     bo.add_argument("--json", action="store_true")
     bo.set_defaults(func=cmd_bench_online_memory)
     bt = bsub.add_parser("tta", help="test-time adaptation: accuracy and latency of every method, edgeclip's TPT "

@@ -189,6 +189,28 @@ def test_memory_verdict_rule() -> None:
     big = [{"frame": f, "rss_mb": 1000.0 + 0.01 * f} for f in range(0, 2001, 250)]  # same rise, tol 2 % of 1005 MB
     assert memory_verdict(big, warmup=500)["constant"] is True
     assert memory_verdict(flat[:2], warmup=250)["constant"] is None
+    # a transient peak that falls back is reported, not judged; a step up that stays is growth
+    spike = [{"frame": f, "rss_mb": 300.0 + (40.0 if f == 1250 else 0.0)} for f in range(0, 3001, 250)]
+    v = memory_verdict(spike, warmup=500)
+    assert v["growth_mb"] == pytest.approx(40.0) and v["level_growth_mb"] == 0.0 and v["constant"] is True
+    step = [{"frame": f, "rss_mb": 300.0 + (40.0 if f >= 1250 else 0.0)} for f in range(0, 3001, 250)]
+    v = memory_verdict(step, warmup=500)
+    assert v["level_growth_mb"] == pytest.approx(40.0) and v["constant"] is False
+
+
+def test_rejudge_rewrites_a_saved_report(tmp_path: Path) -> None:
+    from edgeclip.bench.online_memory import rejudge
+
+    res = bench_online_memory(**{**TINY, "out_dir": tmp_path})
+    data = json.loads(Path(res["files"]["json"]).read_text())
+    data["summary"]["constant"] = None  # as if judged by another rule
+    data["rows"][-1]["rss_mb"] += 1000.0  # a step at the last sample: the level of the last fifth rises
+    (tmp_path / "saved.json").write_text(json.dumps(data))
+    out = rejudge(tmp_path / "saved.json", tmp_path / "re")
+    assert out["summary"]["constant"] is False and out["summary"]["level_growth_mb"] >= 1000.0 - 1e-6
+    assert "recomputed" in out["notes"][-1] and (tmp_path / "re" / "online-memory.png").is_file()
+    with pytest.raises(InputError, match="not an online-memory report"):
+        rejudge(tmp_path / "re" / "online-memory.png")
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [
