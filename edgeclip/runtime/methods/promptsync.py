@@ -24,7 +24,7 @@ The reusable discrimination step: ``ctx`` restarts from the same value for every
 ``L_disc`` at the first step is the same for every frame; it is computed once per class set and added to
 each frame's gradient (``reuse_disc=True``, the default). Later steps (``steps > 1``) reuse it too, which is
 then an approximation; ``reuse_disc=False`` computes it exactly at every step. With a bank the prototypes
-change from frame to frame, so the gradient is recomputed at every step.
+change as the bank stores entries, and the gradient is recomputed whenever they have.
 
 Without prototypes the class text embeddings stand in for them, with a warning: ``L_align`` then pulls the
 test prototype towards the text embeddings and ``L_disc`` is constant. With a `PrototypeBank` (``bank=``) the
@@ -120,6 +120,7 @@ class PromptSync(TPT):
         )
         self.prototypes_source, self.offline = self._prototypes(prototypes)
         self._disc_grad: torch.Tensor | None = None
+        self._disc_protos: torch.Tensor | None = None  # the prototypes `_disc_grad` was computed for
 
     def _prototypes(self, prototypes: Any) -> tuple[str, torch.Tensor]:
         if prototypes is None:
@@ -163,8 +164,9 @@ class PromptSync(TPT):
             self.bank.reset()
 
     def _reusable_disc_grad(self, protos: torch.Tensor) -> torch.Tensor:
-        """∂(λ_d·L_disc)/∂ctx at the initial context, computed once per class set and prototype set."""
-        if self._disc_grad is None or self.bank is not None:
+        """∂(λ_d·L_disc)/∂ctx at the initial context, computed once per class set and prototype set (with a bank,
+        again whenever the bank's prototypes have changed)."""
+        if self._disc_grad is None or self._disc_protos is None or not torch.equal(protos, self._disc_protos):
             ctx = self.prompt.ctx
             saved = ctx.detach().clone()
             with torch.no_grad():
@@ -174,6 +176,7 @@ class PromptSync(TPT):
             with torch.no_grad():
                 ctx.copy_(saved)
             self._disc_grad = grad.detach()
+            self._disc_protos = protos.detach().clone()
         return self._disc_grad
 
     def losses(self, embeds: torch.Tensor, protos: torch.Tensor, with_disc: bool

@@ -162,3 +162,27 @@ def test_online_mode_reads_out_the_bank_prototypes(micro: edgeclip.EdgeClip, pro
 def test_bad_readout_weight() -> None:
     with pytest.raises(InputError, match=">= 0"):
         PromptSyncConfig(online_proto_weight=-0.5)
+
+
+def test_reusable_gradient_follows_the_bank(micro: edgeclip.EdgeClip, protos: torch.Tensor) -> None:
+    from edgeclip.runtime.prototype_bank import PrototypeBank
+
+    bank = PrototypeBank(16, micro.bundle.embed_dim, 4)
+    ps = PromptSync(micro, shapes.class_names(), prototypes=protos, mode="online", bank=bank, n_views=8)
+
+    def exact(p: torch.Tensor) -> torch.Tensor:
+        ctx = ps.prompt.ctx
+        with torch.no_grad():
+            ctx.copy_(ps.prompt.ctx_init)
+        loss = ps.config.lambda_disc * info_nce(ps.text_embeds(), p, ps.config.tau)
+        return torch.autograd.grad(loss, ctx)[0]
+
+    p0 = ps.current_prototypes()
+    g0 = ps._reusable_disc_grad(p0)
+    assert ps._reusable_disc_grad(p0.clone()) is g0  # same prototypes: reused, not recomputed
+    torch.testing.assert_close(g0, exact(p0))
+    bank.add(torch.randn(1, micro.bundle.embed_dim), torch.tensor([3]), torch.tensor([0.1]))
+    p1 = ps.current_prototypes()
+    g1 = ps._reusable_disc_grad(p1)
+    assert g1 is not g0 and not torch.equal(p1, p0)
+    torch.testing.assert_close(g1, exact(p1))
