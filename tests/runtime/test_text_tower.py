@@ -98,7 +98,8 @@ def test_shared_prefix_equals_the_plain_forward(bundle_factory, name: str) -> No
     assert tower.supports_shared_prefix()
     ctx = m.prompt_context("a photo of a")
     with torch.no_grad():
-        ctx.ctx.add_(0.05 * torch.randn_like(ctx.ctx))
+        # a local generator: the result must not depend on which tests ran before
+        ctx.ctx.add_(0.05 * torch.randn(ctx.ctx.shape, generator=torch.Generator().manual_seed(0)))
     names = ["cat", "robot arm", "a very long name of a thing", "x"]
     tokens, eot = ctx.build(names)
     plain = tower(tokens, eot)
@@ -108,7 +109,8 @@ def test_shared_prefix_equals_the_plain_forward(bundle_factory, name: str) -> No
     shared = tower.forward_shared_prefix(prefix, rest, eot2)
     (g_shared,) = torch.autograd.grad((shared * torch.linspace(-1, 1, plain.shape[1])).sum(), ctx.ctx)
     torch.testing.assert_close(shared, plain, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(g_shared, g_plain, rtol=1e-4, atol=1e-5)
+    # the shared prefix sums the classes' gradients in another order: fp32 rounding, relative to the gradient's scale
+    torch.testing.assert_close(g_shared, g_plain, rtol=1e-4, atol=1e-4 * float(g_plain.abs().max()))
 
 
 def test_shared_prefix_refuses_what_it_cannot_do(bundle_factory) -> None:
