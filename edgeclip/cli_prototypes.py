@@ -8,7 +8,6 @@ for bad input (the main entry point turns that into exit status 2).
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -98,15 +97,14 @@ def cmd_prototypes_build(args: argparse.Namespace) -> int:
     path = protos.save(out)
     payload = {"path": str(path), **protos.summary(), "backend": model.backend,
                "seconds": round(time.perf_counter() - t0, 3)}
-    if args.json:
-        print(json.dumps(payload, indent=2, default=str))
-    else:
-        per_class = protos.counts.tolist()
-        lo, hi = min(per_class), max(per_class)
-        spread = f"{lo}" if lo == hi else f"{lo}–{hi}"
-        src = payload["source"]
-        where = src.get("path") if src.get("type") == "image_folder" else (
-            f"shapes, {src['n']} images, shift {src['shift']}, seed {src['seed']}")
-        print(f"wrote {path}\n{protos.n_classes} classes, {spread} images per class ({payload['images']} in all), "
-              f"embed dim {protos.dim}\nsource: {where}\nbundle: {payload['bundle']} ({model.backend})")
+    from edgeclip.cli import _emit
+
+    per_class = protos.counts.tolist()
+    lo, hi = min(per_class), max(per_class)
+    spread = f"{lo}" if lo == hi else f"{lo}–{hi}"
+    src = payload["source"]
+    where = src.get("path") if src.get("type") == "image_folder" else (
+        f"shapes, {src['n']} images, shift {src['shift']}, seed {src['seed']}")
+    _emit(args, payload, f"wrote {path}\n{protos.n_classes} classes, {spread} images per class ({payload['images']} "
+          f"in all), embed dim {protos.dim}\nsource: {where}\nbundle: {payload['bundle']} ({model.backend})")
     return 0

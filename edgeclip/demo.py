@@ -23,6 +23,18 @@ log = logging.getLogger(__name__)
 DEMO_SEED = 424_242
 
 
+
+def _one_at_a_time(predictor: Any, images: Any, bar: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and seconds per image, one timed `predict` call per image (a frame at a time, as a camera feeds)."""
+    preds = np.empty(len(images), dtype=np.int64)
+    times = np.empty(len(images))
+    for i, image in enumerate(images):
+        t0 = time.perf_counter()
+        preds[i] = int(predictor.predict([image]).labels[0])
+        times[i] = time.perf_counter() - t0
+        bar.update()
+    return preds, times
+
 def default_backends() -> list[str]:
     return ["torch", "onnxruntime"] if available_providers() else ["torch"]
 
@@ -56,13 +68,7 @@ def run_demo(
         clf.predict([data[shifts[0]].images[0]])  # warm-up
         for s in shifts:
             batch = data[s]
-            preds = np.empty(n_per_shift, dtype=np.int64)
-            times = np.empty(n_per_shift)
-            for i in range(n_per_shift):
-                t0 = time.perf_counter()
-                preds[i] = int(clf.predict([batch.images[i]]).labels[0])
-                times[i] = time.perf_counter() - t0
-                bar.update()
+            preds, times = _one_at_a_time(clf, batch.images[:n_per_shift], bar)
             rows.append({
                 "shift": s,
                 "backend": backend,
@@ -125,13 +131,7 @@ def run_tta_demo(
         batch = shapes.make_batch(n_per_shift, seed=seed, shift=s)
         for name, make in methods.items():
             method = make()
-            preds = np.empty(n_per_shift, dtype=np.int64)
-            times = np.empty(n_per_shift)
-            for i in range(n_per_shift):
-                t0 = time.perf_counter()
-                preds[i] = int(method.predict([batch.images[i]]).labels[0])
-                times[i] = time.perf_counter() - t0
-                bar.update()
+            preds, times = _one_at_a_time(method, batch.images[:n_per_shift], bar)
             rows.append({"shift": s, "method": name, "accuracy": float((preds == batch.labels).mean()),
                          "n": n_per_shift, "median_ms": float(np.median(times) * 1e3)})
     bar.close()

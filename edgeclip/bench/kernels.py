@@ -31,8 +31,7 @@ from PIL import Image
 from edgeclip.bench.encoders import _torch_threads
 from edgeclip.bench.peers import pil_views, torch_similarity_selection, tv2_views
 from edgeclip.bench.report import add_busy_note, cpu_snapshot, machine_info, other_cpu_load, positive_ints
-from edgeclip.bench.timing import TimingStats, is_cuda, measure_interleaved, ratio_with_spread
-from edgeclip.errors import BackendError
+from edgeclip.bench.timing import TimingStats, check_device_threads, is_cuda, measure_interleaved, ratio_with_spread
 from edgeclip.kernels.augment_views import CLIP_STD, augment_views
 from edgeclip.kernels.cosine_logits import cosine_logits, use_triton
 from edgeclip.kernels.select_confident import select_confident
@@ -236,12 +235,7 @@ def bench_kernels(
         same_index (cosine+select: whether both selected the same views), other_load (CPU cores other
         processes kept busy during the case, see `other_cpu_load`) and samples_ms.
     """
-    if not (device == "cpu" or is_cuda(device)):
-        raise ValueError(f"device must be 'cpu' or 'cuda[:i]', got {device!r}")
-    if is_cuda(device) and not torch.cuda.is_available():
-        raise BackendError(f"device {device!r} asked for but PyTorch sees no CUDA device")
-    if threads is not None and threads < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
+    check_device_threads(device, threads)
     frame_list = [tuple(positive_ints("frame sizes", f)) for f in frames]
     if any(len(f) != 2 for f in frame_list):
         raise ValueError(f"frames must be (height, width) pairs, got {frame_list}")

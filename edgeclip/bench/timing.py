@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["TimingStats", "is_cuda", "measure", "measure_interleaved", "ratio_with_spread"]
+__all__ = ["TimingStats", "check_device_threads", "is_cuda", "measure", "measure_interleaved", "ratio_with_spread"]
 
 
 @dataclass(frozen=True)
@@ -239,3 +239,17 @@ def ratio_with_spread(a: TimingStats, b: TimingStats, *, paired: bool = False) -
 def is_cuda(device: str) -> bool:
     """Whether a device string names a CUDA device (``cuda``, ``cuda:1``)."""
     return device.startswith("cuda")
+
+
+def check_device_threads(device: str, threads: int | None) -> None:
+    """A benchmark's ``device`` ("cpu" or "cuda[:i]", with CUDA present) and ``threads`` (None or >= 1)."""
+    import torch
+
+    from edgeclip.errors import BackendError
+
+    if not (device == "cpu" or is_cuda(device)):
+        raise ValueError(f"device must be 'cpu' or 'cuda[:i]', got {device!r}")
+    if is_cuda(device) and not torch.cuda.is_available():
+        raise BackendError(f"device {device!r} asked for but PyTorch sees no CUDA device")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")

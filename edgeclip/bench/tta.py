@@ -51,10 +51,10 @@ from edgeclip.bench.report import (
     positive_ints,
     write_report,
 )
-from edgeclip.bench.timing import SETTLE_S, TimingStats, is_cuda, ratio_with_spread
+from edgeclip.bench.timing import SETTLE_S, TimingStats, check_device_threads, is_cuda, ratio_with_spread
 from edgeclip.data import shapes
 from edgeclip.data.streams import EVAL_SEED, IMBALANCED_SEED, held_out, imbalanced
-from edgeclip.errors import BackendError, BundleError, InputError
+from edgeclip.errors import BundleError, InputError
 from edgeclip.runtime import bundle as B
 from edgeclip.runtime.model import EdgeClip, load
 
@@ -751,12 +751,7 @@ def bench_tta(
     bad = [p for p in parts if p not in PARTS]
     if bad or not parts:
         raise ValueError(f"parts must be among {PARTS}, got {list(parts)}")
-    if not (device == "cpu" or is_cuda(device)):
-        raise ValueError(f"device must be 'cpu' or 'cuda[:i]', got {device!r}")
-    if is_cuda(device) and not torch.cuda.is_available():
-        raise BackendError(f"device {device!r} asked for but PyTorch sees no CUDA device")
-    if threads is not None and threads < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
+    check_device_threads(device, threads)
     n, n_reference, n_views, speed_images, text_repeats = positive_ints(
         "n, n_reference, n_views, speed_images and text_repeats", (n, n_reference, n_views, speed_images, text_repeats))
     if speed_warmup < 0:

@@ -133,6 +133,10 @@ class TextTower(nn.Module):
         x = self.transformer(x, attn_mask=mask)
         x = self.ln_final(x)
         x = x[torch.arange(x.shape[0], device=x.device), eot_index]
+        return self._project(x)
+
+    def _project(self, x: torch.Tensor) -> torch.Tensor:
+        """The EOT features through the text projection (a matrix, a Linear, or none)."""
         proj = self.text_projection
         if proj is None:
             return x
@@ -200,12 +204,7 @@ class TextTower(nn.Module):
             xr = xr + blk.ls_2(blk.mlp(blk.ln_2(xr)))
         x = self.ln_final(xr)
         x = x[torch.arange(n, device=x.device), eot_index.to(x.device) - n_p]
-        proj = self.text_projection
-        if proj is None:
-            return x
-        if isinstance(proj, nn.Linear):
-            return proj(x)
-        return x @ proj.to(x.dtype)
+        return self._project(x)
 
 
 def load_float_state(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
