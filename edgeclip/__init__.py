@@ -1,47 +1,119 @@
-"""edgeclip: frozen CLIP encoders exported once, a small head that adapts on device."""
+"""edgeclip: frozen CLIP encoders exported once, a small head that adapts on device.
+
+The public API, from the package root::
+
+    import edgeclip
+
+    model = edgeclip.load()                                      # the embedded micro CLIP, or a bundle folder
+    method = edgeclip.create_method("tpt", model, ["cat", "dog"], n_views=32)
+    pred = method.predict(images)                                # edgeclip.Prediction
+    edgeclip.list_methods()                                      # zeroshot, tpt, promptsync, zero, ...
+
+Names are imported on first use (``import edgeclip`` stays light, and the export side, which needs open_clip,
+is only loaded when `export_bundle` is used); every name is the real object, with its real signature.
+"""
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["Classifier", "EdgeClip", "Prediction", "__version__", "default_bundle", "export_bundle", "load"]
+# name -> module it lives in
+_PUBLIC: dict[str, str] = {
+    # loading and exporting
+    "load": "edgeclip.runtime.model",
+    "EdgeClip": "edgeclip.runtime.model",
+    "export_bundle": "edgeclip.export",
+    "Prediction": "edgeclip.runtime.prediction",
+    # methods: the contract, the factory, every method and its config
+    "Method": "edgeclip.runtime.methods.base",
+    "Trainable": "edgeclip.runtime.methods.base",
+    "ViewMethod": "edgeclip.runtime.methods.base",
+    "FitReport": "edgeclip.runtime.methods.base",
+    "create_method": "edgeclip.runtime.methods.registry",
+    "list_methods": "edgeclip.runtime.methods.registry",
+    "register_method": "edgeclip.runtime.methods.registry",
+    "configure": "edgeclip.runtime.methods.config",
+    "ViewConfig": "edgeclip.runtime.methods.config",
+    "GuardConfig": "edgeclip.runtime.methods.config",
+    "ZeroShot": "edgeclip.runtime.methods.zeroshot",
+    "ZeroShotConfig": "edgeclip.runtime.methods.zeroshot",
+    "TPT": "edgeclip.runtime.methods.tpt",
+    "TPTConfig": "edgeclip.runtime.methods.tpt",
+    "PromptSync": "edgeclip.runtime.methods.promptsync",
+    "PromptSyncConfig": "edgeclip.runtime.methods.promptsync",
+    "Zero": "edgeclip.runtime.methods.zero",
+    "ZeroConfig": "edgeclip.runtime.methods.zero",
+    "OnlinePrototypes": "edgeclip.runtime.methods.online_prototypes",
+    "OnlinePrototypesConfig": "edgeclip.runtime.methods.online_prototypes",
+    "CoOp": "edgeclip.runtime.methods.coop",
+    "CoOpConfig": "edgeclip.runtime.methods.coop",
+    # prototypes, the bank, feature pools, heads
+    "ClassPrototypes": "edgeclip.runtime.prototypes",
+    "build_prototypes": "edgeclip.runtime.prototypes",
+    "PrototypeBank": "edgeclip.runtime.prototype_bank",
+    "FeaturePool": "edgeclip.runtime.feature_pool",
+    "ViewPolicy": "edgeclip.runtime.feature_pool",
+    "build_feature_pool": "edgeclip.runtime.feature_pool",
+    "read_head": "edgeclip.runtime.head",
+    "default_head_path": "edgeclip.runtime.head",
+    # errors
+    "EdgeClipError": "edgeclip.errors",
+    "BundleError": "edgeclip.errors",
+    "ExportError": "edgeclip.errors",
+    "ImageError": "edgeclip.errors",
+    "ClassNameError": "edgeclip.errors",
+    "InputError": "edgeclip.errors",
+    "BackendError": "edgeclip.errors",
+}
+
+__all__ = sorted([*_PUBLIC, "__version__", "default_bundle"])
 
 if TYPE_CHECKING:
-    from edgeclip.runtime.model import Classifier, EdgeClip
+    from edgeclip.errors import (
+        BackendError,
+        BundleError,
+        ClassNameError,
+        EdgeClipError,
+        ExportError,
+        ImageError,
+        InputError,
+    )
+    from edgeclip.export import export_bundle
+    from edgeclip.runtime.feature_pool import FeaturePool, ViewPolicy, build_feature_pool
+    from edgeclip.runtime.head import default_head_path, read_head
+    from edgeclip.runtime.methods.base import FitReport, Method, Trainable, ViewMethod
+    from edgeclip.runtime.methods.config import GuardConfig, ViewConfig, configure
+    from edgeclip.runtime.methods.coop import CoOp, CoOpConfig
+    from edgeclip.runtime.methods.online_prototypes import OnlinePrototypes, OnlinePrototypesConfig
+    from edgeclip.runtime.methods.promptsync import PromptSync, PromptSyncConfig
+    from edgeclip.runtime.methods.registry import create_method, list_methods, register_method
+    from edgeclip.runtime.methods.tpt import TPT, TPTConfig
+    from edgeclip.runtime.methods.zero import Zero, ZeroConfig
+    from edgeclip.runtime.methods.zeroshot import ZeroShot, ZeroShotConfig
+    from edgeclip.runtime.model import EdgeClip, load
     from edgeclip.runtime.prediction import Prediction
-
-
-def load(bundle: Any = None, backend: str = "auto", device: str = "cpu", threads: int | None = None,
-         verify: bool = True) -> EdgeClip:
-    """Load a bundle (default: the embedded micro CLIP) on `backend` ("auto", "torch", "onnxruntime")."""
-    from edgeclip.runtime.model import load as _load
-
-    return _load(bundle if bundle is not None else default_bundle(), backend, device, threads, verify)
-
-
-def export_bundle(out: Any, model_name: str, **kwargs: Any) -> Any:
-    """Export an open_clip model to a bundle; see `edgeclip.export.export_bundle`."""
-    from edgeclip.export import export_bundle as _export_bundle
-
-    return _export_bundle(out, model_name, **kwargs)
+    from edgeclip.runtime.prototype_bank import PrototypeBank
+    from edgeclip.runtime.prototypes import ClassPrototypes, build_prototypes
 
 
 def default_bundle() -> Any:
-    """Path of the embedded micro CLIP bundle shipped in `edgeclip/assets/`."""
+    """Path of the embedded micro CLIP bundle shipped in `edgeclip/assets/` (16 coloured shapes)."""
     from edgeclip.assets import default_bundle_path
 
     return default_bundle_path()
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("Classifier", "EdgeClip"):
-        from edgeclip.runtime import model
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'edgeclip' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
 
-        return getattr(model, name)
-    if name == "Prediction":
-        from edgeclip.runtime.prediction import Prediction
 
-        return Prediction
-    raise AttributeError(f"module 'edgeclip' has no attribute {name!r}")
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC))

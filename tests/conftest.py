@@ -69,3 +69,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
         if "tensorrt" in item.keywords and not has_trt:
             item.add_marker(pytest.mark.skip(reason="needs TensorRT"))
+
+
+@pytest.fixture(scope="session")
+def micro():
+    """The embedded micro CLIP on the torch backend, loaded once for the whole session."""
+    import edgeclip
+
+    return edgeclip.load(edgeclip.default_bundle(), backend="torch")

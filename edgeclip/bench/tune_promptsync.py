@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from edgeclip.data import shapes
 from edgeclip.data.streams import VALIDATION_SEED, validation
-from edgeclip.runtime.methods import TPT, PromptSync, PromptSyncConfig
+from edgeclip.runtime.methods import TPT, PromptSyncConfig, create_method
 from edgeclip.runtime.model import EdgeClip
 from edgeclip.runtime.prototypes import ClassPrototypes, build_prototypes
 
@@ -33,13 +33,28 @@ logger = logging.getLogger(__name__)
 STAGE_A = {"lambda_align": (0.0, 0.3, 1.0, 3.0, 10.0), "lr_delta": (0.0, 1e-3, 5e-3, 2e-2)}
 STAGE_B = {"lambda_disc": (0.0, 0.03, 0.1, 0.3, 1.0), "tau": (0.03, 0.07, 0.2)}
 STAGE_C = {"lr_ctx": (2.5e-3, 5e-3, 1e-2)}
+#: the searched settings, by the names of the tuning record (``lr_ctx`` is `PromptSyncConfig.lr`)
+SEARCHED = {"lambda_align": "lambda_align", "lambda_disc": "lambda_disc", "tau": "tau", "lr_ctx": "lr",
+            "lr_delta": "lr_delta", "proto_weight": "proto_weight", "online_proto_weight": "online_proto_weight"}
+
+
+def defaults() -> dict[str, float]:
+    """`PromptSyncConfig`'s defaults of the searched settings, by the record's names."""
+    cfg = PromptSyncConfig()
+    return {record: getattr(cfg, field) for record, field in SEARCHED.items()}
+
+
+def promptsync(model: EdgeClip, names: list[str], prototypes: ClassPrototypes, seed: int, **settings: Any) -> Any:
+    """PromptSync through the registry; `settings` by the record's names or any other config setting."""
+    overrides = {SEARCHED.get(k, k): v for k, v in settings.items()}
+    return create_method("promptsync", model, names, prototypes=prototypes, seed=seed, **overrides)
 
 
 def cache_views(model: EdgeClip, n: int, shifts: Sequence[str], n_views: int = 64, seed: int = 0
                 ) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
     """Per shift: the view embeddings ``[F, N, D]`` of `n` validation frames, and their labels."""
     out = []
-    probe = TPT(model, shapes.class_names(), n_views=n_views, seed=seed, steps=0)
+    probe = create_method("tpt", model, shapes.class_names(), n_views=n_views, seed=seed, steps=0)
     for shift in shifts:
         batch = validation(shift, n)
         embeds = torch.stack([probe.embed_views(torch.from_numpy(img))[0] for img in batch.images])
@@ -68,9 +83,9 @@ def search(model: EdgeClip, prototypes: ClassPrototypes, *, n: int = 128, shifts
     t0 = time.perf_counter()
     cached = cache_views(model, n, shifts, seed=seed)
     rows: list[dict[str, Any]] = []
-    tpt_acc = _accuracy(TPT(model, names, seed=seed), cached)
+    tpt_acc = _accuracy(create_method("tpt", model, names, seed=seed), cached)
     rows.append({"stage": "baseline", "method": "tpt", **tpt_acc})
-    best = PromptSyncConfig().as_dict()
+    best = defaults()
 
     def run_stage(stage: str, grid: dict[str, Sequence[float]]) -> None:
         nonlocal best
@@ -78,7 +93,7 @@ def search(model: EdgeClip, prototypes: ClassPrototypes, *, n: int = 128, shifts
         scored = []
         for values in tqdm(combos, desc=f"stage {stage}", disable=not progress):
             cfg = {**best, **dict(zip(grid, values, strict=True))}
-            method = PromptSync(model, names, prototypes=prototypes, config=PromptSyncConfig(**cfg), seed=seed)
+            method = promptsync(model, names, prototypes, seed, **cfg)
             acc = _accuracy(method, cached)
             rows.append({"stage": stage, "method": "promptsync", **cfg, **acc})
             scored.append((acc["mean"], cfg))
@@ -143,28 +158,21 @@ def readout_search(model: EdgeClip, prototypes: ClassPrototypes,
                    progress: bool = True) -> list[dict[str, Any]]:
     """Stage D, at the A–C choice: the prototype readout weight γ, episodic (``proto_weight``) and online with
     a `PrototypeBank` (``online_proto_weight``), and the number of steps for TPT and PromptSync."""
-    from edgeclip.runtime.prototype_bank import PrototypeBank
-
     names = shapes.class_names()
-    base = PromptSyncConfig().as_dict()
     rows: list[dict[str, Any]] = []
     jobs: list[tuple[dict[str, Any], Any, bool]] = []
     for g in STAGE_D["proto_weight"]:
-        cfg = PromptSyncConfig(**{**base, "proto_weight": g})
         jobs.append(({"mode": "episodic", "proto_weight": g},
-                     lambda cfg=cfg: PromptSync(model, names, prototypes=prototypes, config=cfg, seed=seed), False))
+                     lambda g=g: promptsync(model, names, prototypes, seed, proto_weight=g), False))
     for g in STAGE_D["online_proto_weight"]:
-        cfg = PromptSyncConfig(**{**base, "online_proto_weight": g})
         jobs.append(({"mode": "online", "online_proto_weight": g},
-                     lambda cfg=cfg: PromptSync(model, names, prototypes=prototypes, config=cfg, seed=seed,
-                                                mode="online", bank=PrototypeBank(len(names), model.bundle.embed_dim)),
+                     lambda g=g: promptsync(model, names, prototypes, seed, online_proto_weight=g, mode="online"),
                      True))
     for steps in STAGE_D["steps"]:
         jobs.append(({"method": "tpt", "mode": "episodic", "steps": steps},
-                     lambda steps=steps: TPT(model, names, seed=seed, steps=steps), False))
+                     lambda steps=steps: create_method("tpt", model, names, seed=seed, steps=steps), False))
         jobs.append(({"mode": "episodic", "steps": steps},
-                     lambda steps=steps: PromptSync(model, names, prototypes=prototypes, seed=seed, steps=steps),
-                     False))
+                     lambda steps=steps: promptsync(model, names, prototypes, seed, steps=steps), False))
     for what, make, online in tqdm(jobs, desc="stage D", disable=not progress):
         acc = _online_accuracy(make, cached) if online else _accuracy(make(), cached)
         rows.append({"stage": "D", "method": "promptsync", **what, **acc})
@@ -205,7 +213,7 @@ def _main(argv: Sequence[str]) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out / "promptsync-tuning-readout.json"
     out.write_text(json.dumps({"validation_seed": VALIDATION_SEED, "n_per_shift": int(cached[0][1].shape[0]),
-                               "defaults": PromptSyncConfig().as_dict(), "rows": rows,
+                               "defaults": defaults(), "rows": rows,
                                "seconds": time.perf_counter() - t0}, indent=1) + "\n")
     logger.info("wrote %s", out)
 

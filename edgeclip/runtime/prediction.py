@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from edgeclip.errors import InputError
+
 
 @dataclass
 class Prediction:
@@ -27,14 +29,18 @@ class Prediction:
         return self.probs.gather(1, self.labels.unsqueeze(1)).squeeze(1)
 
     def to_records(self, top_k: int = 3) -> list[dict[str, Any]]:
-        """One JSON-friendly dict per image: label, confidence, top-k."""
+        """One JSON-friendly dict per image: its label (always ``labels[i]``, which a method may choose other
+        than the most probable class — ZERO's vote), that label's probability, and the top-k classes by
+        probability with the label first."""
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise InputError(f"top_k must be an integer >= 1, got {top_k!r}")
         k = min(top_k, self.probs.shape[1])
-        vals, idx = self.probs.topk(k, dim=1)
         out = []
-        for row_v, row_i in zip(vals.tolist(), idx.tolist(), strict=True):
+        for label, row in zip(self.labels.tolist(), self.probs.tolist(), strict=True):
+            order = sorted(range(len(row)), key=lambda c, lab=label, r=row: (c != lab, -r[c]))[:k]
             out.append({
-                "label": self.class_names[row_i[0]],
-                "confidence": row_v[0],
-                "top": [{"label": self.class_names[i], "prob": v} for v, i in zip(row_v, row_i, strict=True)],
+                "label": self.class_names[label],
+                "confidence": row[label],
+                "top": [{"label": self.class_names[c], "prob": row[c]} for c in order],
             })
         return out

@@ -16,16 +16,17 @@ from edgeclip.runtime.tokenizer import Tokenizer
 class PromptContext(nn.Module):
     """`n` learnable context vectors that replace the words of `init` in "{init} {class}.".
 
-    The vectors start as the token embeddings of `init` (e.g. "a photo of a"), shared by all classes
-    or, with `per_class=True`, one set per class. `build(class_names)` returns the token embeddings
-    [C, L, W] and EOT positions [C] for the text tower; gradient reaches only `ctx`.
+    The vectors start as the token embeddings of `init` (e.g. "a photo of a"), or as the given tensor
+    ``[n, W]`` (e.g. CoOp's random N(0, 0.02) start), shared by all classes or, with `per_class=True`, one
+    set per class. `build(class_names)` returns the token embeddings [C, L, W] and EOT positions [C] for the
+    text tower; gradient reaches only `ctx`.
     """
 
     def __init__(
         self,
         tower: TextTower,
         tokenizer: Tokenizer,
-        init: str = "a photo of a",
+        init: str | torch.Tensor = "a photo of a",
         *,
         n_classes: int | None = None,
         per_class: bool = False,
@@ -34,13 +35,22 @@ class PromptContext(nn.Module):
         super().__init__()
         self.tower = [tower]  # a list keeps the frozen tower out of this module's parameters
         self.tokenizer = tokenizer
-        self.init_words = init
         self.suffix = suffix
-        init_ids = tokenizer.encode(init)
-        if not init_ids:
-            raise ClassNameError(f"prompt context initialisation {init!r} has no tokens")
-        with torch.no_grad():
-            init_vec = tower.embed_tokens(torch.tensor(init_ids)).detach().clone()
+        if isinstance(init, torch.Tensor):
+            if init.dim() != 2 or init.shape[0] < 1 or init.shape[1] != tower.width or not init.is_floating_point():
+                raise ClassNameError(f"a prompt context tensor must be float [n, {tower.width}], got "
+                                     f"{init.dtype} {list(init.shape)}")
+            if not bool(torch.isfinite(init).all()):
+                raise ClassNameError("a prompt context tensor must be finite")
+            self.init_words = f"<{init.shape[0]} vectors>"
+            init_vec = init.detach().to(torch.float32).clone()
+        else:
+            self.init_words = init
+            init_ids = tokenizer.encode(init)
+            if not init_ids:
+                raise ClassNameError(f"prompt context initialisation {init!r} has no tokens")
+            with torch.no_grad():
+                init_vec = tower.embed_tokens(torch.tensor(init_ids)).detach().clone()
         if per_class:
             if not n_classes:
                 raise ValueError("per_class=True needs n_classes")

@@ -4,20 +4,10 @@ PromptSync aligns a test sample's prototype to these (METHODS.md, PromptSync: ``
 online prototype methods start from them. They are computed by the bundle's *exported* image encoder
 (``EdgeClip.encode_images``), so on the device they live in the same space as the test embeddings.
 
-Sources (:func:`build_prototypes`):
-
-* an **image folder** with one sub-folder per class: ``root/<class name>/*.png``; the class name is the
-  folder name with underscores read as spaces (``red_circle`` → ``red circle``). Folders are taken in
-  sorted order unless ``class_names`` is given or ``root/classnames.txt`` lists the names (one per line, as
-  :func:`edgeclip.data.shapes.save_image_folder` writes it); then that order is used.
-* a **procedural spec** ``"shapes[:N[:SHIFT]]"``: N images in total (default :data:`DEFAULT_PROCEDURAL_N`)
-  of :mod:`edgeclip.data.shapes`, spread evenly over the classes (class ``i`` gets ``N // C`` images, one
-  more for the first ``N % C``), under shift SHIFT (default ``clean``: a proxy set comes from the source
-  domain, like the paper's LAION subset). The images are rendered in chunks of :data:`PROCEDURAL_CHUNK`;
-  chunk ``k`` uses ``SeedSequence(seed, spawn_key=(PROTOTYPE_STREAM, k))`` with ``seed`` defaulting to
-  :data:`PROTOTYPE_SEED`. The evaluation stream renders ``make_batch(n, seed=EVAL_SEED + k)`` (an empty spawn
-  key) and training ``SeedSequence(seed, spawn_key=(TRAIN_STREAM, step))``; seed sequences with different
-  spawn keys are independent streams, so the proxy set never reproduces an evaluation or training image.
+Sources (:func:`build_prototypes`): an image folder with one sub-folder per class, or a procedural spec
+``"shapes[:N[:SHIFT]]"`` (see `edgeclip.runtime.pool_sources` for names, order and seeds). The images are
+encoded once into a `FeaturePool` (`edgeclip.runtime.feature_pool`), and a prototype is the normalised mean
+of its class's plain-view embeddings.
 
 Storage (:meth:`ClassPrototypes.save`): one safetensors file holding ``embeds`` (float32 ``[C, D]``) and
 ``counts`` (int64 ``[C]``), with the class names and a JSON ``meta`` block (the bundle, the sha256 of its
@@ -33,24 +23,31 @@ import datetime as _dt
 import json
 import logging
 import os
-import re
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
-from tqdm import tqdm
 
-from edgeclip.errors import BundleError, ClassNameError, EdgeClipError, ImageError, InputError
+from edgeclip.errors import BundleError, ClassNameError, EdgeClipError, InputError
 from edgeclip.runtime.classnames import validate_class_names
-from edgeclip.runtime.images import iter_image_paths
+from edgeclip.runtime.identity import bundle_identity
 from edgeclip.runtime.model import DEFAULT_TEMPLATE, EdgeClip
+from edgeclip.runtime.pool_sources import (
+    DEFAULT_PROCEDURAL_N,
+    PROCEDURAL_CHUNK,
+    PROTOTYPE_SEED,
+    PROTOTYPE_STREAM,
+    check_every_class_drawn,
+    norm_name,
+    parse_procedural_spec,
+    procedural_batches,
+)
 
 __all__ = [
     "DEFAULT_PROCEDURAL_N",
@@ -60,9 +57,11 @@ __all__ = [
     "PROTOTYPE_SEED",
     "PROTOTYPE_STREAM",
     "ClassPrototypes",
+    "PrototypesLike",
     "build_prototypes",
     "default_prototypes_path",
     "parse_procedural_spec",
+    "prepare_prototypes",
     "procedural_batches",
     "resolve_prototypes",
     "text_fallback",
@@ -72,22 +71,8 @@ log = logging.getLogger(__name__)
 
 FORMAT = "edgeclip.prototypes"
 FORMAT_VERSION = 1
-#: Base seed of the procedural proxy set (see the module docstring for why it cannot meet the evaluation set).
-PROTOTYPE_SEED = 20_000
-#: spawn_key tag of proxy-set chunks: ``SeedSequence(seed, spawn_key=(PROTOTYPE_STREAM, chunk))``. It differs
-#: from ``edgeclip.micro.train.TRAIN_STREAM`` (0x7EA1), and evaluation seeds have an empty spawn key.
-PROTOTYPE_STREAM = 0x960F
-#: Images rendered per chunk of a procedural proxy set (bounds memory for large N).
-PROCEDURAL_CHUNK = 256
-#: Total images of ``"shapes"`` without a count (32 per class for the 16 shapes classes).
-DEFAULT_PROCEDURAL_N = 512
-PROCEDURAL_RENDER_SIZE = 64
-_SPEC_RE = re.compile(r"^shapes(?::(?P<n>[^:]*))?(?::(?P<shift>[^:]*))?$")
 _NORM_TOL = 1e-3
-
-
-def _norm_name(name: str) -> str:
-    return " ".join(name.split()).lower()
+_norm_name = norm_name
 
 
 def _now() -> str:
@@ -110,18 +95,16 @@ def default_prototypes_path(bundle_path: str | os.PathLike) -> Path:
 
 def _bundle_identity(model: EdgeClip) -> dict[str, Any]:
     """What identifies the encoders that made a set of prototypes: bundle path and hashes."""
-    from edgeclip.runtime.bundle import IMAGE_ONNX, MANIFEST, TEXT_ONNX, sha256_file
+    from edgeclip.runtime.bundle import IMAGE_ONNX, TEXT_ONNX
 
-    bundle = model.bundle
-    files = bundle.manifest.get("files", {})
-    manifest = Path(bundle.path) / MANIFEST
+    ident = bundle_identity(model.bundle)
     return {
-        "bundle": str(bundle.path),
-        "bundle_manifest_sha256": sha256_file(manifest) if manifest.is_file() else None,
-        "image_encoder_sha256": files.get(IMAGE_ONNX, {}).get("sha256"),
-        "text_encoder_sha256": files.get(TEXT_ONNX, {}).get("sha256"),
-        "architecture": bundle.manifest.get("source", {}).get("architecture"),
-        "embed_dim": bundle.embed_dim,
+        "bundle": str(model.bundle.path),
+        "bundle_manifest_sha256": ident["manifest_sha256"],
+        "image_encoder_sha256": ident["files"].get(IMAGE_ONNX),
+        "text_encoder_sha256": ident["files"].get(TEXT_ONNX),
+        "architecture": ident["architecture"],
+        "embed_dim": ident["embed_dim"],
         "backend": model.backend,
     }
 
@@ -374,111 +357,54 @@ def resolve_prototypes(model: EdgeClip, class_names: Sequence[str], path: str | 
     return protos.aligned(class_names)
 
 
+PrototypesLike = ClassPrototypes | str | os.PathLike
+"""Prototypes as methods take them: a `ClassPrototypes`, a prototypes file, or a folder / spec to build from."""
+
+
+def prepare_prototypes(model: EdgeClip, class_names: Sequence[str], prototypes: PrototypesLike | None, *,
+                       progress: bool = False) -> ClassPrototypes | None:
+    """The one check every method makes of its prototypes: load or build them, refuse prototypes made by another
+    encoder (their recorded sha256, `ClassPrototypes.check_compatible`), align them to `class_names`' order.
+
+    `prototypes` may be a `ClassPrototypes`, a saved prototypes file, or a folder / ``"shapes:N"`` spec to build
+    them from; None gives None.
+    """
+    if prototypes is None:
+        return None
+    if isinstance(prototypes, (str, os.PathLike)):
+        path = Path(prototypes).expanduser()
+        if path.is_file():
+            prototypes = ClassPrototypes.load(path)
+        else:
+            prototypes = build_prototypes(model, prototypes, class_names=class_names, progress=progress)
+    if not isinstance(prototypes, ClassPrototypes):
+        raise InputError(f"prototypes must be ClassPrototypes (e.g. ClassPrototypes(embeds, class_names)), a "
+                         f"prototypes file or a spec to build them from, not {type(prototypes).__name__}")
+    prototypes.check_compatible(model)
+    return prototypes.aligned(class_names)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # building
 # ----------------------------------------------------------------------------------------------------------
 
 
-def parse_procedural_spec(spec: str) -> tuple[int, str] | None:
-    """``"shapes"``, ``"shapes:512"``, ``"shapes:512:blur"``, ``"shapes::blur"`` → ``(n, shift)``; None when
-    `spec` is not of that form. Raises :class:`~edgeclip.errors.InputError` for a bad count or shift."""
-    from edgeclip.data.shapes import SHIFTS
-
-    m = _SPEC_RE.match(spec.strip())
-    if m is None:
-        return None
-    n_text, shift = (m.group("n") or "").strip(), (m.group("shift") or "").strip() or "clean"
-    if n_text:
-        if not n_text.isdigit() or int(n_text) < 1:
-            raise InputError(f"procedural spec {spec!r}: the image count must be a positive integer, got {n_text!r}")
-        n = int(n_text)
-    else:
-        n = DEFAULT_PROCEDURAL_N
-    if shift not in SHIFTS:
-        raise InputError(f"procedural spec {spec!r}: unknown shift {shift!r}; valid shifts: {', '.join(SHIFTS)}")
-    return n, shift
-
-
-def procedural_batches(n: int, class_index: Sequence[int], *, shift: str = "clean", seed: int = PROTOTYPE_SEED,
-                       chunk: int = PROCEDURAL_CHUNK,
-                       render_size: int = PROCEDURAL_RENDER_SIZE) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """The procedural proxy set: chunks ``(images uint8 [k, H, W, 3], rows [k])`` where ``rows`` index into
-    `class_index` (the shapes labels wanted). N images spread evenly over the classes; chunk ``j`` drawn from
-    ``SeedSequence(seed, spawn_key=(PROTOTYPE_STREAM, j))``, disjoint from the evaluation and training seeds."""
-    from edgeclip.data.shapes import make_batch
-
-    labels = np.asarray(class_index, dtype=np.int64)
-    rows = np.arange(n, dtype=np.int64) % len(labels)
-    for j, start in enumerate(range(0, n, chunk)):
-        r = rows[start : start + chunk]
-        ss = np.random.SeedSequence(seed, spawn_key=(PROTOTYPE_STREAM, j))
-        batch = make_batch(len(r), seed=ss, shift=shift, render_size=render_size, labels=labels[r])
-        yield batch.images, r
-
-
-def _folder_classes(root: Path, class_names: Sequence[str] | None) -> tuple[list[str], list[list[Path]]]:
-    if not root.exists():
-        raise InputError(f"image folder {root} does not exist (and {str(root)!r} is not a spec like 'shapes:512')")
-    if not root.is_dir():
-        raise InputError(f"{root} is not a folder; expected {root}/<class name>/<images>")
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not folders:
-        raise InputError(f"{root} has no class sub-folders; expected {root}/<class name>/<images>")
-    by_name: dict[str, Path] = {}
-    for p in folders:
-        key = _norm_name(p.name.replace("_", " "))
-        if key in by_name:
-            raise ClassNameError(f"class folders {by_name[key].name!r} and {p.name!r} name the same class")
-        by_name[key] = p
-    origin = "the class list"
-    if class_names is None and (root / "classnames.txt").is_file():
-        lines = (root / "classnames.txt").read_text(encoding="utf-8").splitlines()
-        class_names = [ln for ln in (" ".join(x.split()) for x in lines) if ln]
-        origin = str(root / "classnames.txt")
-    if class_names is None:
-        names = validate_class_names([" ".join(p.name.replace("_", " ").split()) for p in folders])
-    else:
-        names = validate_class_names(class_names)
-        missing = [n for n in names if _norm_name(n) not in by_name]
-        if missing:
-            raise InputError(f"class(es) {missing[:8]} from {origin} have no folder in {root} "
-                             f"(folders: {[p.name for p in folders][:8]})")
-        unused = sorted(set(by_name) - {_norm_name(n) for n in names})
-        if unused:
-            log.warning("%s: ignoring folders not in %s: %s", root, origin, unused[:8])
-    paths = []
-    for name in names:
-        folder = by_name[_norm_name(name)]
-        found = iter_image_paths(folder)
-        if not found:
-            raise InputError(f"class {name!r}: folder {folder} holds no images "
-                             "(every class needs at least one image)")
-        paths.append(found)
-    return names, paths
-
-
-def _encode(model: EdgeClip, images: list[Any], what: str) -> torch.Tensor:
-    with torch.no_grad():
-        emb = model.encode_images(images, normalize=False).float().cpu()
-    if not bool(torch.isfinite(emb).all()):
-        raise ImageError(f"the image encoder returned NaN or Inf for {what}")
-    return F.normalize(emb, dim=-1)
-
-
 def build_prototypes(model: EdgeClip, data: str | os.PathLike, *, class_names: Sequence[str] | None = None,
-                     batch_size: int = 64, progress: bool = True, seed: int = PROTOTYPE_SEED) -> ClassPrototypes:
+                     batch_size: int = 64, progress: bool = False, seed: int = PROTOTYPE_SEED,
+                     cache: bool | str | os.PathLike = False) -> ClassPrototypes:
     """Class prototypes from an image folder or a procedural spec, through the bundle's image encoder.
 
     Args:
-        model: the loaded bundle (``edgeclip.load``); its ``encode_images`` embeds the images.
-        data: a folder ``root/<class name>/<images>`` (see the module docstring for names and order), or a
-            spec ``"shapes[:N[:SHIFT]]"`` (N images in total over the classes, default 512; shift default
+        model: the loaded bundle (``edgeclip.load``); its image encoder embeds the images.
+        data: a folder ``root/<class name>/<images>`` (see `edgeclip.runtime.pool_sources` for names and order),
+            or a spec ``"shapes[:N[:SHIFT]]"`` (N images in total over the classes, default 512; shift default
             ``clean``). An existing folder wins over a spec of the same spelling.
         class_names: the classes wanted, in this order (folder: those folders; spec: a subset of
             ``edgeclip.data.shapes.class_names()``). Default: every class found.
         batch_size: images per encoder call.
-        progress: show a tqdm bar.
+        progress: show a progress bar.
         seed: base seed of the procedural proxy set (default :data:`PROTOTYPE_SEED`).
+        cache: keep the encoded images as a feature pool (`build_feature_pool`'s ``cache``; resumable).
 
     Returns:
         :class:`ClassPrototypes`: per class the L2-normalised mean of the L2-normalised image embeddings.
@@ -488,69 +414,38 @@ def build_prototypes(model: EdgeClip, data: str | os.PathLike, *, class_names: S
         ClassNameError: bad or unknown class names.
         ImageError: an unreadable image (named).
     """
+    from edgeclip.runtime.feature_pool import build_feature_pool
+
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
-    spec = None
-    if isinstance(data, str) and not Path(data).expanduser().is_dir():
-        spec = parse_procedural_spec(data)
-    elif isinstance(data, str) and parse_procedural_spec(data) is not None:
-        log.warning("%r is an existing folder; reading images from it rather than the procedural spec", data)
-    if spec is not None:
-        names, batches, total, source = _procedural_source(spec, class_names, seed)
-    else:
-        root = Path(data).expanduser()
-        names, paths = _folder_classes(root, class_names)
-        total = sum(len(p) for p in paths)
-        flat = [(path, c) for c, ps in enumerate(paths) for path in ps]
-        batches = ((([p for p, _ in flat[i:i + batch_size]]), np.array([c for _, c in flat[i:i + batch_size]]))
-                   for i in range(0, len(flat), batch_size))
-        source = {"type": "image_folder", "path": str(root.resolve()), "images": total}
-    dim = model.bundle.embed_dim
-    sums = torch.zeros(len(names), dim, dtype=torch.float64)
-    counts = torch.zeros(len(names), dtype=torch.int64)
-    with tqdm(total=total, desc="prototypes", unit="img", disable=not progress) as bar:
-        for items, rows in batches:
-            for start in range(0, len(rows), batch_size):
-                chunk = items[start : start + batch_size]
-                r = torch.from_numpy(np.asarray(rows[start : start + batch_size], dtype=np.int64))
-                what = f"images {chunk[0]} … {chunk[-1]}" if isinstance(chunk[0], Path) else "procedural images"
-                emb = _encode(model, list(chunk), what)
-                if emb.shape[1] != dim:
-                    raise BundleError(f"the image encoder returned width {emb.shape[1]}, the bundle says {dim}")
-                sums.index_add_(0, r, emb.double())
-                counts.index_add_(0, r, torch.ones_like(r))
-                bar.update(len(r))
+    if not isinstance(data, (str, os.PathLike)):
+        raise InputError(f"prototypes are built from a folder or a spec like 'shapes:512', not {type(data).__name__}")
+    check_every_class_drawn(data, class_names)
+    pool = build_feature_pool(model, data, class_names=class_names, seed=seed, cache=cache, batch_size=batch_size,
+                              progress=progress)
+    if not pool.is_labelled:
+        raise InputError(f"{data} has no class sub-folders; expected {data}/<class name>/<images>")
+    return prototypes_from_pool(model, pool)
+
+
+def prototypes_from_pool(model: EdgeClip, pool: Any) -> ClassPrototypes:
+    """Per class the normalised mean of a labelled pool's plain-view embeddings."""
+    names = pool.class_names
+    if not pool.is_labelled:
+        raise InputError("prototypes need a labelled feature pool (every image with a class)")
+    pool.check_compatible(model)
+    sums = torch.zeros(len(names), pool.dim, dtype=torch.float64)
+    sums.index_add_(0, pool.labels, pool.plain.double())
+    counts = torch.bincount(pool.labels, minlength=len(names))
     empty = [names[i] for i in (counts == 0).nonzero().flatten().tolist()]
     if empty:
         raise InputError(f"no images for class(es) {empty[:8]}")
     means = sums / counts.unsqueeze(1)
     if bool((means.norm(dim=1) < 1e-8).any()):
         raise InputError("a class mean embedding is zero (its images cancel out); add more images")
-    meta = {"kind": "images", "source": source, **_bundle_identity(model), "created": _now(),
+    meta = {"kind": "images", "source": pool.meta.get("source"), **_bundle_identity(model), "created": _now(),
             "versions": _versions()}
     protos = ClassPrototypes(means.float(), names, counts, meta)
-    log.info("built %d prototypes from %d images (%s)", protos.n_classes, total, source["type"])
+    log.info("built %d prototypes from %d images (%s)", protos.n_classes, len(pool),
+             (pool.meta.get("source") or {}).get("type"))
     return protos
-
-
-def _procedural_source(spec: tuple[int, str], class_names: Sequence[str] | None,
-                       seed: int) -> tuple[list[str], Iterator[tuple[Any, np.ndarray]], int, dict[str, Any]]:
-    from edgeclip.data import shapes
-
-    n, shift = spec
-    all_names = shapes.class_names()
-    index = {_norm_name(c): i for i, c in enumerate(all_names)}
-    names = all_names if class_names is None else validate_class_names(class_names)
-    unknown = [c for c in names if _norm_name(c) not in index]
-    if unknown:
-        raise ClassNameError(f"class(es) {unknown[:8]} are not shapes classes; valid: {', '.join(all_names)}")
-    if n < len(names):
-        raise InputError(f"shapes:{n} gives {n} images for {len(names)} classes, so some class would have none; "
-                         f"ask for at least {len(names)} (e.g. shapes:{32 * len(names)})")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise InputError(f"seed must be a non-negative int, got {seed!r}")
-    wanted = [index[_norm_name(c)] for c in names]
-    batches = ((list(images), rows) for images, rows in procedural_batches(n, wanted, shift=shift, seed=seed))
-    source = {"type": "procedural", "dataset": "edgeclip.data.shapes", "n": n, "shift": shift, "seed": seed,
-              "stream": PROTOTYPE_STREAM, "chunk": PROCEDURAL_CHUNK, "render_size": PROCEDURAL_RENDER_SIZE}
-    return names, batches, n, source

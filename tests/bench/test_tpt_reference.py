@@ -20,16 +20,11 @@ import edgeclip
 from edgeclip.bench.peers.tpt_reference import ReferenceTPT, avg_entropy, select_confident_samples
 from edgeclip.data import shapes
 from edgeclip.kernels import augment_views, cosine_logits
-from edgeclip.runtime.methods import TPT
+from edgeclip.runtime.methods import TPT, create_method
 from edgeclip.runtime.methods.frames import ViewFn
 
 N_VIEWS = 64
 REL_TOL = 1e-4
-
-
-@pytest.fixture(scope="module")
-def micro() -> edgeclip.EdgeClip:
-    return edgeclip.load(edgeclip.default_bundle(), backend="torch")
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +69,7 @@ def test_one_step_matches_the_official_loop(micro: edgeclip.EdgeClip, names: lis
     ref = ReferenceTPT(micro, names, n_views=N_VIEWS, steps=1)
     ref_logits, info = ref.adapt_views_logits(views)
     assert len(info["selected"][0]) == int(N_VIEWS * 0.1)
-    tpt = TPT(micro, names, n_views=N_VIEWS, steps=1, views=_fixed(views))
+    tpt = create_method("tpt", micro, names, n_views=N_VIEWS, steps=1, view_fn=_fixed(views))
     assert _rel(_edgeclip_logits(tpt, frame), ref_logits) <= REL_TOL
     # the public path (predict, with its reset) gives the same probabilities
     probs = tpt.predict(frame).probs[0]
@@ -90,11 +85,11 @@ def test_three_steps_keep_the_first_selection_like_the_official_loop(micro: edge
     per_step, info_p = ReferenceTPT(micro, names, steps=3, reselect_each_step=True).adapt_views_logits(views)
     # the official loop keeps the first step's views, and so does edgeclip's TPT
     assert all(sel == info_o["selected"][0] for sel in info_o["selected"])
-    edge = _edgeclip_logits(TPT(micro, names, n_views=N_VIEWS, steps=3, views=_fixed(views)), frame)
+    edge = _edgeclip_logits(create_method("tpt", micro, names, n_views=N_VIEWS, steps=3, view_fn=_fixed(views)), frame)
     assert _rel(edge, official) <= REL_TOL
     # choosing again at every step is an option on both sides, and they agree on it too
-    edge_p = _edgeclip_logits(TPT(micro, names, n_views=N_VIEWS, steps=3, reselect_each_step=True,
-                                  views=_fixed(views)), frame)
+    edge_p = _edgeclip_logits(create_method("tpt", micro, names, n_views=N_VIEWS, steps=3, reselect_each_step=True,
+                                  view_fn=_fixed(views)), frame)
     assert _rel(edge_p, per_step) <= REL_TOL
     stable = all(set(sel) == set(info_p["selected"][0]) for sel in info_p["selected"])
     assert (_rel(edge_p, official) <= REL_TOL) == stable

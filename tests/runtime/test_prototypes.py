@@ -4,7 +4,6 @@ the `prototypes build` CLI verb."""
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from edgeclip.cli_prototypes import add_parser, cmd_prototypes_build
 from edgeclip.data import shapes
 from edgeclip.errors import BundleError, ClassNameError, EdgeClipError, InputError
 from edgeclip.micro.train import EVAL_SEED
+from edgeclip.runtime.identity import manifest_digest
 from edgeclip.runtime.prototype_bank import PrototypeBank
 from edgeclip.runtime.prototypes import (
     PROTOTYPE_SEED,
@@ -30,11 +30,6 @@ from edgeclip.runtime.prototypes import (
     resolve_prototypes,
     text_fallback,
 )
-
-
-@pytest.fixture(scope="module")
-def micro() -> edgeclip.EdgeClip:
-    return edgeclip.load(edgeclip.default_bundle(), backend="torch")
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +62,7 @@ def test_build_from_folder_is_the_normalised_class_mean(micro: edgeclip.EdgeClip
     assert built.kind == "images"
     assert built.meta["source"]["type"] == "image_folder" and built.meta["source"]["images"] == 32
     assert built.meta["image_encoder_sha256"] == manifest["files"]["image_encoder.onnx"]["sha256"]
-    assert built.meta["bundle_manifest_sha256"] == hashlib.sha256(
-        (micro.bundle.path / "manifest.json").read_bytes()).hexdigest()
+    assert built.meta["bundle_manifest_sha256"] == manifest_digest(manifest)  # the manifest's content
     assert built.meta["versions"]["edgeclip"] == edgeclip.__version__ and built.meta["created"].endswith("Z")
     built.check_compatible(micro, names)
 

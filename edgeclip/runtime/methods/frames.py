@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -11,12 +11,9 @@ import torch
 from edgeclip.errors import ImageError
 from edgeclip.kernels import augment_views
 from edgeclip.runtime.images import PreprocessConfig, load_image
+from edgeclip.runtime.methods.config import ViewFn
 
 __all__ = ["ViewFn", "as_frame", "iter_frames", "kernel_views"]
-
-ViewFn = Callable[[torch.Tensor, int, torch.Generator], torch.Tensor]
-"""``(frame uint8 [H, W, 3], n_views, generator) -> normalised views [N, 3, S, S]``; view 0 is the plain one."""
-
 
 def as_frame(image: Any) -> torch.Tensor:
     """One image (path, bytes, PIL image, uint8 array or tensor ``H×W×3``) as a uint8 CPU tensor ``H×W×3``."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
+from typing import Any
 
 from edgeclip.errors import InputError
 
@@ -41,7 +42,24 @@ class CollapseGuard:
             return False
         if max(self.counts.values()) > self.max_share * self.window:
             self.resets += 1
-            self.labels.clear()
-            self.counts.clear()
+            self.clear()
             return True
         return False
+
+    def clear(self) -> None:
+        """Start a fresh window (the reset count is kept)."""
+        self.labels.clear()
+        self.counts.clear()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"labels": list(self.labels), "resets": self.resets}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        labels = [int(x) for x in state["labels"]]
+        if len(labels) > self.window:
+            raise InputError(f"guard state holds {len(labels)} labels, the window is {self.window}")
+        self.clear()
+        for label in labels:
+            self.labels.append(label)
+            self.counts[label] = self.counts.get(label, 0) + 1
+        self.resets = int(state["resets"])

@@ -26,68 +26,95 @@ tuned on any stream here; γ = 1 weighs the image prototypes like the text class
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from edgeclip.errors import InputError
 from edgeclip.kernels import cosine_logits, select_confident
-from edgeclip.runtime.methods.base import FrameResult, TestTimeMethod
+from edgeclip.runtime.classnames import validate_template
+from edgeclip.runtime.methods.base import FrameResult, ViewMethod
+from edgeclip.runtime.methods.config import GuardConfig, ViewConfig, check_finite, check_positive_int
 from edgeclip.runtime.model import DEFAULT_TEMPLATE, EdgeClip
 from edgeclip.runtime.prototype_bank import PrototypeBank
-from edgeclip.runtime.prototypes import ClassPrototypes
+from edgeclip.runtime.prototypes import PrototypesLike, prepare_prototypes
 
-__all__ = ["REFERENCE_LOGIT_SCALE", "OnlinePrototypes"]
+__all__ = ["REFERENCE_LOGIT_SCALE", "OnlinePrototypes", "OnlinePrototypesConfig"]
 
 #: The logit scale α is expressed against (CLIP's learnt scale, 100, which TDA's α values assume).
 REFERENCE_LOGIT_SCALE = 100.0
 
 
-class OnlinePrototypes(TestTimeMethod):
+@dataclass(frozen=True)
+class OnlinePrototypesConfig:
+    """Online prototypes' settings; the defaults are TDA's published ImageNet positive-cache values."""
+
+    # the views of every frame and the confident share whose mean embedding enters the bank
+    views: ViewConfig = field(default_factory=ViewConfig)
+    # cache entries per class (TDA: 3)
+    capacity: int = 3
+    # weight of the cache term, stated on the reference logit scale 100 (TDA: 2.0)
+    alpha: float = 2.0
+    # affinity sharpness exp(-beta (1 - cos)) (TDA: 5.0)
+    beta: float = 5.0
+    # weight of the evolving image prototypes (only with offline prototypes)
+    gamma: float = 1.0
+    # pseudo-count of the prior prototype in bank.prototypes (None: the capacity)
+    prior_weight: float | None = None
+    # zero-shot prompt, "{}" where the class name goes
+    template: str = DEFAULT_TEMPLATE
+    # "online": the bank carries over frames (the collapse guard empties it when one class takes over);
+    # "episodic": emptied after every frame (zero-shot plus the prior prototypes, an ablation)
+    mode: str = "online"
+    # collapse guard of the online mode
+    guard: GuardConfig = field(default_factory=GuardConfig)
+
+    def __post_init__(self) -> None:
+        check_positive_int("capacity", self.capacity)
+        for name in ("alpha", "beta", "gamma"):
+            check_finite(name, getattr(self, name))
+        if self.prior_weight is not None:
+            check_finite("prior_weight", self.prior_weight, strict=True)
+        validate_template(self.template)
+
+
+class OnlinePrototypes(ViewMethod):
     """Zero-shot logits plus a bounded, online cache of confident test embeddings (see the module docstring).
 
-    Args:
-        model, class_names: as for every method; ``n_views``, ``rho``, ``seed``, ``views`` go to the base class.
-        prototypes: optional offline prototypes (checked against the model and aligned to `class_names`).
-        capacity: cache entries per class (TDA: 3).
-        alpha: weight of the cache term on the reference logit scale 100 (TDA: 2.0).
-        beta: affinity sharpness (TDA: 5.0).
-        gamma: weight of the evolving image prototypes (only with `prototypes`).
-        prior_weight: pseudo-count of the prior prototype in ``bank.prototypes`` (default: `capacity`).
-        template: zero-shot prompt.
-        mode: ``"online"`` (default: the bank carries over frames; the base class's collapse guard empties it
-            when one class takes over) or ``"episodic"`` (emptied after every frame: zero-shot plus the prior
-            prototypes, an ablation).
+    ``prototypes`` (optional) are offline class prototypes, checked against the model and aligned to the class
+    order by `prepare_prototypes` (the same check as PromptSync's).
     """
 
     name = "online_prototypes"
+    config_class = OnlinePrototypesConfig
+    resources = ("prototypes",)
 
-    def __init__(self, model: EdgeClip, class_names: Sequence[str], *, prototypes: ClassPrototypes | None = None,
-                 capacity: int = 3, alpha: float = 2.0, beta: float = 5.0, gamma: float = 1.0,
-                 prior_weight: float | None = None, template: str = DEFAULT_TEMPLATE, mode: str = "online",
-                 **kwargs: Any) -> None:
-        super().__init__(model, class_names, mode=mode, **kwargs)
-        for what, v in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
-            if not (isinstance(v, (int, float)) and v >= 0 and v == v and v != float("inf")):
-                raise InputError(f"{what} must be a finite number >= 0, got {v!r}")
-        self.alpha, self.beta, self.gamma = float(alpha), float(beta), float(gamma)
-        self.prior_weight = prior_weight
-        self.text = model.encode_text([template.format(c) for c in self.class_names]).float().to(self.device)
-        self.prior: torch.Tensor | None = None
-        if prototypes is not None:
-            prototypes.check_compatible(model)
-            self.prior = prototypes.aligned(self.class_names).embeds.to(self.device)
-        self.bank = PrototypeBank(len(self.class_names), int(self.text.shape[1]), capacity, device=self.device)
+    def __init__(self, model: EdgeClip, class_names: Sequence[str], config: OnlinePrototypesConfig | None = None,
+                 *, prototypes: PrototypesLike | None = None) -> None:
+        super().__init__(model, class_names, config)
+        cfg = self.config
+        self.alpha, self.beta, self.gamma = float(cfg.alpha), float(cfg.beta), float(cfg.gamma)
+        self.prior_weight = cfg.prior_weight
+        self.text = model.encode_text([cfg.template.format(c) for c in self.class_names]).float().to(self.device)
+        protos = prepare_prototypes(model, self.class_names, prototypes)
+        self.prior = None if protos is None else protos.embeds.to(self.device)
+        self.bank = PrototypeBank(len(self.class_names), int(self.text.shape[1]), cfg.capacity, device=self.device)
 
     @property
     def cache_weight(self) -> float:
         """The factor in front of the affinity term: ``α · s / 100``."""
         return self.alpha * self.scale / REFERENCE_LOGIT_SCALE
 
-    def reset(self) -> None:
+    def _reset_adapted(self) -> None:
         """Empty the cache (start a new stream)."""
         self.bank.reset()
+
+    def _adapted_state(self) -> dict[str, Any]:
+        return {"bank": self.bank.state_dict()}
+
+    def _load_adapted_state(self, state: dict[str, Any]) -> None:
+        self.bank.load_state_dict(state["bank"])
 
     def logits(self, query: torch.Tensor) -> torch.Tensor:
         """The method's logits ``[N, C]`` for embeddings ``[N, D]`` under the current bank (no update)."""

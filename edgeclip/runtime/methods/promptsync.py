@@ -26,15 +26,17 @@ each frame's gradient (``reuse_disc=True``, the default). Later steps (``steps >
 then an approximation; ``reuse_disc=False`` computes it exactly at every step. With a bank the prototypes
 change as the bank stores entries, and the gradient is recomputed whenever they have.
 
-Without prototypes the class text embeddings stand in for them, with a warning: ``L_align`` then pulls the
-test prototype towards the text embeddings and ``L_disc`` is constant. With a `PrototypeBank` (``bank=``) the
-prototypes are refined online from confident test frames.
+Prototypes are a `ClassPrototypes` (or a prototypes file, or a spec / folder to build them from), checked
+against the model's encoder hashes and aligned to the class order by `prepare_prototypes`, the same check as
+online prototypes'. Without prototypes the class text embeddings stand in for them, with a warning:
+``L_align`` then pulls the test prototype towards the text embeddings and ``L_disc`` is constant.
 
-Online mode (``mode="online"``) carries the prototype bank from frame to frame (each frame's confident
-views enter it under the predicted class, scored by the prediction's entropy); the prompts still restart
-every frame unless ``carry_prompts=True``, because carried prompts drift: on the micro benchmark (64
-held-out frames per shift) PromptSync with carried prompts fell to 36 % mean accuracy against 54 % episodic.
-A collapse of the predictions resets the bank too.
+Online mode (``mode="online"``) carries a prototype bank from frame to frame (each frame's confident
+views enter it under the predicted class, scored by the prediction's entropy; the bank is created with
+``bank_capacity`` entries per class unless one is passed as ``bank=``); the prompts still restart every frame
+unless ``carry_prompts=True``, because carried prompts drift: on the micro benchmark (64 held-out frames per
+shift) PromptSync with carried prompts fell to 36 % mean accuracy against 54 % episodic. A collapse of the
+predictions resets the bank too. A bank carries state across frames, so episodic mode refuses one.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -50,37 +53,48 @@ import torch.nn.functional as F
 from edgeclip.errors import InputError
 from edgeclip.kernels import cosine_logits, select_confident
 from edgeclip.runtime.methods.base import FrameResult
-from edgeclip.runtime.methods.tpt import TPT, mean_entropy
+from edgeclip.runtime.methods.config import check_finite, check_positive_int
+from edgeclip.runtime.methods.tpt import TPT, TPTConfig, mean_entropy
 from edgeclip.runtime.model import EdgeClip
+from edgeclip.runtime.prototype_bank import DEFAULT_CAPACITY, PrototypeBank
+from edgeclip.runtime.prototypes import ClassPrototypes, PrototypesLike, prepare_prototypes
 
 __all__ = ["PromptSync", "PromptSyncConfig", "info_nce"]
 
 logger = logging.getLogger(__name__)
 
 
-class PromptSyncConfig:
-    """The loss weights, temperature and learning rates. The defaults were chosen on the validation stream,
-    never the held-out one: the search and the reasons are in `docs/promptsync-tuning.md`."""
+@dataclass(frozen=True)
+class PromptSyncConfig(TPTConfig):
+    """PromptSync's settings: TPT's (``lr`` is the context's learning rate) plus the loss weights, the visual
+    prompt and the readout. The defaults were chosen on the validation stream, never the held-out one: the
+    search and the reasons are in `docs/promptsync-tuning.md` (where the context learning rate is ``lr_ctx``)."""
 
-    def __init__(self, lambda_align: float = 0.3, lambda_disc: float = 0.1, tau: float = 0.07,
-                 lr_ctx: float = 5e-3, lr_delta: float = 5e-3, proto_weight: float = 0.0,
-                 online_proto_weight: float = 3.0) -> None:
-        if tau <= 0:
-            raise InputError(f"tau must be > 0, got {tau}")
-        if min(lambda_align, lambda_disc, lr_ctx, lr_delta, proto_weight, online_proto_weight) < 0:
-            raise InputError("PromptSync weights and learning rates must be >= 0")
-        self.lambda_align = lambda_align
-        self.lambda_disc = lambda_disc
-        self.tau = tau
-        self.lr_ctx = lr_ctx
-        self.lr_delta = lr_delta
-        self.proto_weight = proto_weight
-        self.online_proto_weight = online_proto_weight
+    # λ_a: weight of the class-aware prototype alignment L_align
+    lambda_align: float = 0.3
+    # λ_d: weight of the prototype discrimination L_disc (symmetric InfoNCE between text and prototypes)
+    lambda_disc: float = 0.1
+    # τ: temperature of L_disc
+    tau: float = 0.07
+    # AdamW learning rate of the visual prompt delta (embedding space)
+    lr_delta: float = 5e-3
+    # γ of the prototype readout in episodic mode (0: the prediction as published)
+    proto_weight: float = 0.0
+    # γ of the readout in online mode, where it reads the bank's evolving prototypes (a cache term)
+    online_proto_weight: float = 3.0
+    # reuse the L_disc gradient at the initial context (exact at the first step; the paper's reusable step)
+    reuse_disc: bool = True
+    # online mode: carry the prompts from frame to frame too (they drift; the bank carries by default)
+    carry_prompts: bool = False
+    # online mode: entries per class of the prototype bank created when none is passed
+    bank_capacity: int = DEFAULT_CAPACITY
 
-    def as_dict(self) -> dict[str, float]:
-        return {"lambda_align": self.lambda_align, "lambda_disc": self.lambda_disc, "tau": self.tau,
-                "lr_ctx": self.lr_ctx, "lr_delta": self.lr_delta, "proto_weight": self.proto_weight,
-                "online_proto_weight": self.online_proto_weight}
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_finite("tau", self.tau, strict=True)
+        for name in ("lambda_align", "lambda_disc", "lr_delta", "proto_weight", "online_proto_weight"):
+            check_finite(name, getattr(self, name))
+        check_positive_int("bank_capacity", self.bank_capacity)
 
 
 def info_nce(text: torch.Tensor, protos: torch.Tensor, tau: float) -> torch.Tensor:
@@ -91,59 +105,57 @@ def info_nce(text: torch.Tensor, protos: torch.Tensor, tau: float) -> torch.Tens
 
 
 class PromptSync(TPT):
-    """PromptSync (episodic by default; ``mode="online"`` carries the prompts and, with a bank, prototypes)."""
+    """PromptSync (episodic by default; ``mode="online"`` carries a prototype bank, see the module docstring)."""
 
     name = "promptsync"
+    config_class = PromptSyncConfig
+    resources = ("prototypes", "bank")
 
     def __init__(
         self,
         model: EdgeClip,
         class_names: Sequence[str],
-        *,
-        prototypes: Any = None,
         config: PromptSyncConfig | None = None,
-        reuse_disc: bool = True,
-        bank: Any = None,
-        carry_prompts: bool = False,
-        **kwargs: Any,
+        *,
+        prototypes: PrototypesLike | None = None,
+        bank: PrototypeBank | None = None,
     ) -> None:
-        cfg = config or PromptSyncConfig()
-        super().__init__(model, class_names, lr=cfg.lr_ctx, **kwargs)
-        self.config = cfg
-        self.reuse_disc = reuse_disc
+        super().__init__(model, class_names, config)
+        cfg = self.config
+        if bank is not None and cfg.mode != "online":
+            raise InputError("a prototype bank carries state from frame to frame: use mode='online' with bank=")
+        if bank is not None and (bank.n_classes, bank.dim) != (len(self.class_names), model.bundle.embed_dim):
+            raise InputError(f"the bank holds {bank.n_classes} classes of width {bank.dim}, this method needs "
+                             f"{len(self.class_names)} of width {model.bundle.embed_dim}")
+        if bank is None and cfg.mode == "online":
+            bank = PrototypeBank(len(self.class_names), model.bundle.embed_dim, cfg.bank_capacity,
+                                 device=self.device)
         self.bank = bank
-        self.carry_prompts = carry_prompts
-        self.delta = torch.nn.Parameter(torch.zeros(model.bundle.embed_dim, device=self.device))
-        self.optimizer = torch.optim.AdamW(
-            [{"params": [self.prompt.ctx], "lr": cfg.lr_ctx}, {"params": [self.delta], "lr": cfg.lr_delta}],
-            weight_decay=kwargs.get("weight_decay", 0.01),
-        )
-        self.prototypes_source, self.offline = self._prototypes(prototypes)
+        self.prototypes_source, self.offline = self._prototypes(prepare_prototypes(model, self.class_names,
+                                                                                   prototypes))
         self._disc_grad: torch.Tensor | None = None
         self._disc_protos: torch.Tensor | None = None  # the prototypes `_disc_grad` was computed for
 
-    def _prototypes(self, prototypes: Any) -> tuple[str, torch.Tensor]:
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        self.delta = torch.nn.Parameter(torch.zeros(self.model.bundle.embed_dim, device=self.device))
+        cfg = self.config
+        return torch.optim.AdamW(
+            [{"params": [self.prompt.ctx], "lr": cfg.lr}, {"params": [self.delta], "lr": cfg.lr_delta}],
+            weight_decay=cfg.weight_decay,
+        )
+
+    def _prototypes(self, prototypes: ClassPrototypes | None) -> tuple[str, torch.Tensor]:
         if prototypes is None:
             warnings.warn(
                 "PromptSync has no class prototypes (build them with `edgeclip prototypes build`); "
                 "using the class text embeddings as prototypes",
                 RuntimeWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
             with torch.no_grad():
                 protos = F.normalize(self.text_embeds().float(), dim=-1)
             return "text", protos
-        embeds = getattr(prototypes, "embeds", prototypes)
-        names = getattr(prototypes, "class_names", None)
-        if names is not None and list(names) != list(self.class_names):
-            raise InputError(f"prototypes are for classes {list(names)[:5]}…, not {self.class_names[:5]}…")
-        want = (len(self.class_names), self.model.bundle.embed_dim)
-        if not isinstance(embeds, torch.Tensor) or tuple(embeds.shape) != want:
-            shape = list(embeds.shape) if isinstance(embeds, torch.Tensor) else type(embeds).__name__
-            raise InputError(f"prototypes must be [{want[0]}, {want[1]}], got {shape}")
-        if not torch.isfinite(embeds).all():
-            raise InputError("prototypes contain NaN or infinite values")
-        return "offline", F.normalize(embeds.float(), dim=-1).to(self.device)
+        return prototypes.kind, prototypes.embeds.to(self.device)
 
     def current_prototypes(self) -> torch.Tensor:
         """``P [C, D]``: the offline prototypes, refined by the bank when there is one."""
@@ -153,15 +165,33 @@ class PromptSync(TPT):
 
     def reset_prompts(self) -> None:
         """Context, visual prompt and optimiser back to their initial state (the bank is kept)."""
-        super().reset()
+        super()._reset_adapted()
         with torch.no_grad():
             self.delta.zero_()
 
-    def reset(self) -> None:
+    def _reset_adapted(self) -> None:
         """Everything adapted so far: the prompts and, in online mode, the prototype bank."""
         self.reset_prompts()
-        if self.bank is not None and self.mode == "online":
+        if self.bank is not None:
             self.bank.reset()
+
+    def _adapted_state(self) -> dict[str, Any]:
+        state = {**super()._adapted_state(), "delta": self.delta.detach()}
+        if self.bank is not None:
+            state["bank"] = self.bank.state_dict()
+        return state
+
+    def _load_adapted_state(self, state: dict[str, Any]) -> None:
+        delta = state.get("delta")
+        if not isinstance(delta, torch.Tensor) or delta.shape != self.delta.shape:
+            raise InputError(f"promptsync state: delta must be a tensor [{self.delta.shape[0]}]")
+        if (self.bank is None) != ("bank" not in state):
+            raise InputError("promptsync state: a bank state goes with an online method that has a bank")
+        super()._load_adapted_state(state)
+        with torch.no_grad():
+            self.delta.copy_(delta)
+        if self.bank is not None:
+            self.bank.load_state_dict(state["bank"])
 
     def _reusable_disc_grad(self, protos: torch.Tensor) -> torch.Tensor:
         """∂(λ_d·L_disc)/∂ctx at the initial context, computed once per class set and prototype set (with a bank,
@@ -201,7 +231,7 @@ class PromptSync(TPT):
 
     def step(self, embeds: torch.Tensor) -> float:
         protos = self.current_prototypes()
-        reuse = self.reuse_disc and self.config.lambda_disc > 0
+        reuse = self.config.reuse_disc and self.config.lambda_disc > 0
         loss, _, _, _ = self.losses(embeds, protos, with_disc=not reuse)
         if not torch.isfinite(loss):
             self.skipped_steps += 1
@@ -241,6 +271,6 @@ class PromptSync(TPT):
                 z = F.normalize(e[sel.index].mean(dim=0), dim=-1)
                 score = torch.special.entr(probs).sum()  # the prediction's entropy: lower = more confident
                 self.bank.add(z.unsqueeze(0), torch.tensor([int(probs.argmax())]), score.reshape(1))
-        if self.mode == "online" and not self.carry_prompts:
+        if self.mode == "online" and not self.config.carry_prompts:
             self.reset_prompts()  # online state is the prototype bank; the prompts restart every frame
         return FrameResult(probs, {"loss": losses, "skipped_steps": sum(1 for x in losses if x != x)})

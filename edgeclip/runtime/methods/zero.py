@@ -8,26 +8,46 @@ with the higher mean probability over the confident views. The returned probabil
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass, field
 
 import torch
 
 from edgeclip.kernels import cosine_logits, select_confident
-from edgeclip.runtime.methods.base import FrameResult, TestTimeMethod
-from edgeclip.runtime.model import EdgeClip
+from edgeclip.runtime.classnames import validate_template
+from edgeclip.runtime.methods.base import FrameResult, ViewMethod
+from edgeclip.runtime.methods.config import GuardConfig, ViewConfig
+from edgeclip.runtime.model import DEFAULT_TEMPLATE, EdgeClip
 
-__all__ = ["Zero"]
+__all__ = ["Zero", "ZeroConfig"]
 
 
-class Zero(TestTimeMethod):
+@dataclass(frozen=True)
+class ZeroConfig:
+    """ZERO's settings (the paper's: TPT's views and confidence filter)."""
+
+    # the views of every frame and the confident share that votes
+    views: ViewConfig = field(default_factory=ViewConfig)
+    # zero-shot prompt, "{}" where the class name goes
+    template: str = DEFAULT_TEMPLATE
+    # ZERO keeps no state, so it only runs episodically
+    mode: str = "episodic"
+    # unused (no online mode); kept so every view method has the same shape of config
+    guard: GuardConfig = field(default_factory=GuardConfig)
+
+    def __post_init__(self) -> None:
+        validate_template(self.template)
+
+
+class Zero(ViewMethod):
     """ZERO: vote of the confident views, zero-shot text embeddings computed once per class set."""
 
     name = "zero"
+    config_class = ZeroConfig
+    modes = ("episodic",)
 
-    def __init__(self, model: EdgeClip, class_names: Sequence[str], *,
-                 template: str = "a photo of a {}.", **kwargs: Any) -> None:
-        super().__init__(model, class_names, **kwargs)
-        self.text = model.encode_text([template.format(c) for c in self.class_names]).float()
+    def __init__(self, model: EdgeClip, class_names: Sequence[str], config: ZeroConfig | None = None) -> None:
+        super().__init__(model, class_names, config)
+        self.text = model.encode_text([self.config.template.format(c) for c in self.class_names]).float()
 
     def adapt(self, embeds: torch.Tensor) -> FrameResult:
         with torch.no_grad():

@@ -10,13 +10,8 @@ import edgeclip
 from edgeclip.data import shapes
 from edgeclip.errors import BundleError, InputError
 from edgeclip.kernels import cosine_logits, select_confident
-from edgeclip.runtime.methods.online_prototypes import OnlinePrototypes
+from edgeclip.runtime.methods import create_method
 from edgeclip.runtime.prototypes import ClassPrototypes, build_prototypes
-
-
-@pytest.fixture(scope="module")
-def micro() -> edgeclip.EdgeClip:
-    return edgeclip.load(edgeclip.default_bundle(), backend="torch")
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +21,7 @@ def frames() -> shapes.ShapesBatch:
 
 def test_stream_fills_the_bank_and_state_carries(micro: edgeclip.EdgeClip, frames: shapes.ShapesBatch) -> None:
     names = shapes.class_names()
-    method = OnlinePrototypes(micro, names, n_views=8, rho=0.25, seed=0)
+    method = create_method("online_prototypes", micro, names, n_views=8, rho=0.25, seed=0)
     nbytes = method.bank.state_nbytes()
     pred = method.predict(frames.images[:6])
     assert pred.probs.shape == (6, 16) and pred.info["method"] == "online_prototypes"
@@ -40,15 +35,15 @@ def test_stream_fills_the_bank_and_state_carries(micro: edgeclip.EdgeClip, frame
     assert method.bank.state_nbytes() == nbytes
     method.reset()
     assert len(method.bank) == 0
-    episodic = OnlinePrototypes(micro, names, n_views=8, rho=0.25, mode="episodic")
+    episodic = create_method("online_prototypes", micro, names, n_views=8, rho=0.25, mode="episodic")
     episodic.predict(frames.images[:2])
     assert len(episodic.bank) == 0 and episodic.bank.offered == 0  # emptied after every frame
 
 
 def test_logits_are_zero_shot_plus_the_cache_term(micro: edgeclip.EdgeClip, frames: shapes.ShapesBatch) -> None:
     names = shapes.class_names()
-    method = OnlinePrototypes(micro, names, n_views=8, rho=0.25, seed=3, alpha=2.0, beta=5.0)
-    check = OnlinePrototypes(micro, names, n_views=8, rho=0.25, seed=3, alpha=0.0)
+    method = create_method("online_prototypes", micro, names, n_views=8, rho=0.25, seed=3, alpha=2.0, beta=5.0)
+    check = create_method("online_prototypes", micro, names, n_views=8, rho=0.25, seed=3, alpha=0.0)
     for i, frame in enumerate(frames.images[:5]):
         embeds, _ = check.embed_views(torch.from_numpy(frame))
         zs = cosine_logits(embeds[:1], check.text, check.scale)
@@ -64,7 +59,7 @@ def test_logits_are_zero_shot_plus_the_cache_term(micro: edgeclip.EdgeClip, fram
 
 
 def test_absorbs_the_confident_mean_with_its_entropy(micro: edgeclip.EdgeClip) -> None:
-    method = OnlinePrototypes(micro, ["a", "b", "c"], n_views=4, rho=0.5, capacity=2)
+    method = create_method("online_prototypes", micro, ["a", "b", "c"], n_views=4, rho=0.5, capacity=2)
     method.text = torch.eye(3, 128)
     method.bank = type(method.bank)(3, 128, 2)
     embeds = torch.zeros(4, 128)
@@ -84,7 +79,7 @@ def test_absorbs_the_confident_mean_with_its_entropy(micro: edgeclip.EdgeClip) -
 def test_offline_prototypes_seed_the_prior(micro: edgeclip.EdgeClip, frames: shapes.ShapesBatch) -> None:
     protos = build_prototypes(micro, "shapes:16", progress=False)
     names = list(reversed(shapes.class_names()))
-    method = OnlinePrototypes(micro, names, prototypes=protos, n_views=4, rho=0.5)
+    method = create_method("online_prototypes", micro, names, prototypes=protos, n_views=4, rho=0.5)
     torch.testing.assert_close(method.prior, protos.embeds.flip(0))  # aligned to the method's class order
     embeds, _ = method.embed_views(torch.from_numpy(frames.images[0]))
     q = F.normalize(embeds[:1], dim=-1)
@@ -93,6 +88,6 @@ def test_offline_prototypes_seed_the_prior(micro: edgeclip.EdgeClip, frames: sha
     pred = method.predict(frames.images[:3])
     assert pred.labels.shape == (3,) and len(method.bank) >= 1
     with pytest.raises(BundleError, match="width"):
-        OnlinePrototypes(micro, names, prototypes=ClassPrototypes(torch.randn(16, 64), names))
+        create_method("online_prototypes", micro, names, prototypes=ClassPrototypes(torch.randn(16, 64), names))
     with pytest.raises(InputError, match="alpha"):
-        OnlinePrototypes(micro, names, alpha=float("nan"))
+        create_method("online_prototypes", micro, names, alpha=float("nan"))

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 import edgeclip
 from edgeclip.data import shapes
-from edgeclip.errors import InputError
-from edgeclip.runtime.methods.promptsync import PromptSync, PromptSyncConfig, info_nce
-
-
-@pytest.fixture(scope="module")
-def micro() -> edgeclip.EdgeClip:
-    return edgeclip.load(edgeclip.default_bundle(), backend="torch")
+from edgeclip.errors import BundleError, ClassNameError, InputError
+from edgeclip.runtime.methods import PromptSync, create_method
+from edgeclip.runtime.methods.promptsync import PromptSyncConfig, info_nce
+from edgeclip.runtime.prototypes import ClassPrototypes
 
 
 @pytest.fixture(scope="module")
@@ -23,6 +22,10 @@ def protos(micro: edgeclip.EdgeClip) -> torch.Tensor:
     emb = F.normalize(micro.encode_images(list(batch.images)), dim=-1)
     labels = torch.tensor(batch.labels)
     return F.normalize(torch.stack([emb[labels == c].mean(0) for c in range(16)]), dim=-1)
+
+
+def _wrap(embeds: torch.Tensor) -> ClassPrototypes:
+    return ClassPrototypes(embeds, shapes.class_names())
 
 
 def frame_embeds(method: PromptSync, seed: int = 0) -> torch.Tensor:
@@ -40,7 +43,8 @@ def test_info_nce_prefers_matching_rows() -> None:
 
 def test_losses_match_the_formulation(micro: edgeclip.EdgeClip, protos: torch.Tensor) -> None:
     cfg = PromptSyncConfig(lambda_align=0.7, lambda_disc=0.3, tau=0.05)
-    ps = PromptSync(micro, shapes.class_names(), prototypes=protos, config=cfg, n_views=16, rho=0.25)
+    ps = create_method("promptsync", micro, shapes.class_names(), prototypes=_wrap(protos), config=cfg, n_views=16,
+                       rho=0.25)
     embeds = frame_embeds(ps)
     with torch.no_grad():
         ps.delta.normal_(0, 0.01)
@@ -69,7 +73,7 @@ def test_reusable_discrimination_step_is_exact_at_the_first_step(micro: edgeclip
     names = shapes.class_names()
     updates = []
     for reuse in (True, False):
-        ps = PromptSync(micro, names, prototypes=protos, reuse_disc=reuse, n_views=16, seed=3)
+        ps = create_method("promptsync", micro, names, prototypes=_wrap(protos), reuse_disc=reuse, n_views=16, seed=3)
         ps.step(frame_embeds(ps, seed=4))
         updates.append((ps.prompt.ctx.detach().clone(), ps.delta.detach().clone()))
     torch.testing.assert_close(updates[0][0], updates[1][0], rtol=1e-5, atol=1e-7)
@@ -77,7 +81,7 @@ def test_reusable_discrimination_step_is_exact_at_the_first_step(micro: edgeclip
 
 
 def test_episodic_reset_and_prediction(micro: edgeclip.EdgeClip, protos: torch.Tensor) -> None:
-    ps = PromptSync(micro, shapes.class_names(), prototypes=protos, n_views=16)
+    ps = create_method("promptsync", micro, shapes.class_names(), prototypes=_wrap(protos), n_views=16)
     batch = shapes.make_batch(4, seed=8, shift="low_contrast")
     pred = ps.predict(batch.images)
     assert pred.probs.shape == (4, 16)
@@ -87,20 +91,28 @@ def test_episodic_reset_and_prediction(micro: edgeclip.EdgeClip, protos: torch.T
 
 def test_without_prototypes_warns_and_uses_text(micro: edgeclip.EdgeClip) -> None:
     with pytest.warns(RuntimeWarning, match="no class prototypes"):
-        ps = PromptSync(micro, shapes.class_names(), n_views=8)
+        ps = create_method("promptsync", micro, shapes.class_names(), n_views=8)
     assert ps.prototypes_source == "text"
     torch.testing.assert_close(ps.offline.norm(dim=1), torch.ones(16))
 
 
-@pytest.mark.parametrize(
-    ("bad", "match"),
-    [(torch.zeros(3, 5), r"must be \[16"), (torch.full((16, 64), float("nan")), "NaN")],
-)
-def test_bad_prototypes(micro: edgeclip.EdgeClip, bad: torch.Tensor, match: str) -> None:
-    if bad.shape[1] == 64:
-        bad = torch.full((16, micro.bundle.embed_dim), float("nan"))
-    with pytest.raises(InputError, match=match):
-        PromptSync(micro, shapes.class_names(), prototypes=bad)
+@pytest.mark.parametrize("method", ["promptsync", "online_prototypes"])
+def test_one_prototype_check_for_every_method(micro: edgeclip.EdgeClip, protos: torch.Tensor, method: str) -> None:
+    """PromptSync and online prototypes refuse the same prototypes, through the same check."""
+    names = shapes.class_names()
+    good = ClassPrototypes(protos, names, meta={"image_encoder_sha256": "0" * 64})  # made by another encoder
+    with pytest.raises(BundleError, match="another model"):
+        create_method(method, micro, names, prototypes=good, n_views=8)
+    with pytest.raises(BundleError, match="width"):
+        create_method(method, micro, names, prototypes=ClassPrototypes(torch.randn(16, 8), names), n_views=8)
+    with pytest.raises(InputError, match="ClassPrototypes"):
+        create_method(method, micro, names, prototypes=protos, n_views=8)  # a bare tensor carries no identity
+    with pytest.raises(ClassNameError, match="no prototype"):
+        create_method(method, micro, [*names[:15], "purple cow"], prototypes=_wrap(protos), n_views=8)
+    # another order of the same classes: aligned, row for row
+    flipped = create_method(method, micro, names[::-1], prototypes=_wrap(protos), n_views=8)
+    rows = flipped.offline if method == "promptsync" else flipped.prior
+    torch.testing.assert_close(rows, F.normalize(protos, dim=-1).flip(0))
 
 
 def test_bad_config() -> None:
@@ -121,13 +133,13 @@ def test_prototype_readout_in_the_prediction(micro: edgeclip.EdgeClip, protos: t
     names = shapes.class_names()
     results = {}
     for gamma in (0.0, 2.0):
-        ps = PromptSync(micro, names, prototypes=protos, config=PromptSyncConfig(proto_weight=gamma), n_views=16,
-                        seed=5)
+        ps = create_method("promptsync", micro, names, prototypes=_wrap(protos), proto_weight=gamma, n_views=16,
+                           seed=5)
         embeds = frame_embeds(ps, seed=6)
         ps.step(embeds)  # the adapted state the prediction is read from
         with torch.no_grad():
             ref = _readout_reference(ps, embeds, protos, gamma)
-        ps.steps = 0  # adapt() without further steps: only the prediction
+        ps.config = dataclasses.replace(ps.config, steps=0)  # adapt() without further steps: only the prediction
         results[gamma] = ps.adapt(embeds).probs
         torch.testing.assert_close(results[gamma], ref, rtol=1e-5, atol=1e-6)
     assert not torch.allclose(results[0.0], results[2.0])  # the readout changes the prediction
@@ -138,9 +150,11 @@ def test_online_mode_reads_out_the_bank_prototypes(micro: edgeclip.EdgeClip, pro
 
     names = shapes.class_names()
     bank = PrototypeBank(16, micro.bundle.embed_dim, 4)
-    ps = PromptSync(micro, names, prototypes=protos, mode="online", bank=bank, n_views=16, seed=2)
+    ps = create_method("promptsync", micro, names, prototypes=_wrap(protos), mode="online", bank=bank, n_views=16,
+                       seed=2)
     assert ps.readout_weight == ps.config.online_proto_weight == 3.0
-    assert PromptSync(micro, names, prototypes=protos, n_views=8).readout_weight == 0.0  # episodic: as formulated
+    episodic = create_method("promptsync", micro, names, prototypes=_wrap(protos), n_views=8)
+    assert episodic.readout_weight == 0.0  # episodic: as formulated
     batch = shapes.make_batch(6, seed=12, shift="blur")
     pred = ps.predict(batch.images)
     assert len(bank) >= 1 and bank.offered == 6  # every frame offered to the bank, under its predicted class
@@ -149,7 +163,7 @@ def test_online_mode_reads_out_the_bank_prototypes(micro: edgeclip.EdgeClip, pro
     assert not torch.allclose(refined, F.normalize(protos, dim=-1))
     embeds = frame_embeds(ps, seed=13)
     state = bank.state_dict()
-    ps.steps = 0
+    ps.config = dataclasses.replace(ps.config, steps=0)
     with torch.no_grad():
         ref = _readout_reference(ps, embeds, refined, 3.0)
     torch.testing.assert_close(ps.adapt(embeds).probs, ref, rtol=1e-5, atol=1e-6)
@@ -168,7 +182,8 @@ def test_reusable_gradient_follows_the_bank(micro: edgeclip.EdgeClip, protos: to
     from edgeclip.runtime.prototype_bank import PrototypeBank
 
     bank = PrototypeBank(16, micro.bundle.embed_dim, 4)
-    ps = PromptSync(micro, shapes.class_names(), prototypes=protos, mode="online", bank=bank, n_views=8)
+    ps = create_method("promptsync", micro, shapes.class_names(), prototypes=_wrap(protos), mode="online", bank=bank,
+                       n_views=8)
 
     def exact(p: torch.Tensor) -> torch.Tensor:
         ctx = ps.prompt.ctx

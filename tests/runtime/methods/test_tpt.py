@@ -10,13 +10,8 @@ import torch
 import edgeclip
 from edgeclip.data import shapes
 from edgeclip.kernels import cosine_logits, select_confident
-from edgeclip.runtime.methods import TPT
+from edgeclip.runtime.methods import create_method
 from edgeclip.runtime.methods.tpt import mean_entropy
-
-
-@pytest.fixture(scope="module")
-def micro() -> edgeclip.EdgeClip:
-    return edgeclip.load(edgeclip.default_bundle(), backend="torch")
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +21,7 @@ def frames() -> shapes.ShapesBatch:
 
 def test_zero_steps_is_zero_shot_on_the_plain_view(micro: edgeclip.EdgeClip, frames: shapes.ShapesBatch) -> None:
     names = shapes.class_names()
-    tpt = TPT(micro, names, steps=0, n_views=8)
+    tpt = create_method("tpt", micro, names, steps=0, n_views=8)
     pred = tpt.predict(frames.images)
     zs = micro.classifier(names, "a photo of a {}.").predict(list(frames.images))
     # view 0 is the centred crop resampled by the view kernel; the classifier resizes with PIL: same classes
@@ -36,7 +31,7 @@ def test_zero_steps_is_zero_shot_on_the_plain_view(micro: edgeclip.EdgeClip, fra
 
 def test_step_lowers_the_loss_and_moves_only_the_context(micro: edgeclip.EdgeClip,
                                                          frames: shapes.ShapesBatch) -> None:
-    tpt = TPT(micro, shapes.class_names(), n_views=16, rho=0.25)
+    tpt = create_method("tpt", micro, shapes.class_names(), n_views=16, rho=0.25)
     embeds, _ = tpt.embed_views(torch.from_numpy(frames.images[0]))
     tower_before = {k: v.clone() for k, v in tpt.tower.state_dict().items()}
 
@@ -60,11 +55,11 @@ def test_step_lowers_the_loss_and_moves_only_the_context(micro: edgeclip.EdgeCli
 
 def test_predict_is_episodic_and_reproducible(micro: edgeclip.EdgeClip, frames: shapes.ShapesBatch) -> None:
     names = shapes.class_names()
-    a = TPT(micro, names, n_views=16, seed=5).predict(frames.images)
-    b = TPT(micro, names, n_views=16, seed=5).predict(list(frames.images))
+    a = create_method("tpt", micro, names, n_views=16, seed=5).predict(frames.images)
+    b = create_method("tpt", micro, names, n_views=16, seed=5).predict(list(frames.images))
     assert torch.equal(a.labels, b.labels)
     torch.testing.assert_close(a.probs, b.probs)
-    one_by_one = TPT(micro, names, n_views=16, seed=5)
+    one_by_one = create_method("tpt", micro, names, n_views=16, seed=5)
     singles = [one_by_one.predict(img) for img in frames.images]
     torch.testing.assert_close(torch.cat([s.probs for s in singles]), a.probs)
     assert a.probs.shape == (6, 16) and np.allclose(a.probs.sum(1).numpy(), 1.0, atol=1e-5)
@@ -74,9 +69,9 @@ def test_predict_is_episodic_and_reproducible(micro: edgeclip.EdgeClip, frames: 
 
 def test_amp_text_tower_is_bf16_autocast_close_to_fp32(micro: edgeclip.EdgeClip, frames: shapes.ShapesBatch) -> None:
     names = shapes.class_names()
-    plain = TPT(micro, names, n_views=16, seed=1)
+    plain = create_method("tpt", micro, names, n_views=16, seed=1)
     assert plain.amp is False  # off by default on the CPU (on by default on CUDA)
-    amp = TPT(micro, names, n_views=16, seed=1, amp=True)
+    amp = create_method("tpt", micro, names, n_views=16, seed=1, amp=True)
     e32, e16 = plain.text_embeds(), amp.text_embeds()
     assert e16.dtype == torch.float32 and e16.requires_grad
     assert not torch.equal(e32, e16)  # it did run in reduced precision

@@ -7,16 +7,16 @@ import torch
 import edgeclip
 from edgeclip.data import shapes
 from edgeclip.kernels import cosine_logits, select_confident
-from edgeclip.runtime.methods import Zero
+from edgeclip.runtime.methods import create_method
 
 
-def test_zero_votes_match_a_direct_count() -> None:
-    model = edgeclip.load(edgeclip.default_bundle(), backend="torch")
+def test_zero_votes_match_a_direct_count(micro: edgeclip.EdgeClip) -> None:
+    model = micro
     names = shapes.class_names()
     batch = shapes.make_batch(5, seed=7, shift="gaussian_noise")
-    zero = Zero(model, names, n_views=32, rho=0.25, seed=1)
+    zero = create_method("zero", model, names, n_views=32, rho=0.25, seed=1)
     pred = zero.predict(batch.images)
-    check = Zero(model, names, n_views=32, rho=0.25, seed=1)
+    check = create_method("zero", model, names, n_views=32, rho=0.25, seed=1)
     for i, frame in enumerate(batch.images):
         embeds, _ = check.embed_views(torch.from_numpy(frame))
         sel = select_confident(cosine_logits(embeds, check.text, check.scale), 0.25)
@@ -29,9 +29,9 @@ def test_zero_votes_match_a_direct_count() -> None:
         assert pred.labels[i].item() == expected.item()
 
 
-def test_zero_breaks_ties_by_mean_probability() -> None:
-    model = edgeclip.load(edgeclip.default_bundle(), backend="torch")
-    zero = Zero(model, ["a", "b", "c"], n_views=4, rho=0.5)
+def test_zero_breaks_ties_by_mean_probability(micro: edgeclip.EdgeClip) -> None:
+    model = micro
+    zero = create_method("zero", model, ["a", "b", "c"], n_views=4, rho=0.5)
     zero.text = torch.eye(3, 8)
     zero.scale = 5.0
     # views 0 and 1 are the confident ones (views 2 and 3 are uniform); they vote a and c, and c is
