@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-# name -> module it lives in
+# name -> module it lives in (every name is also in __all__, spelled out below for tools that read it)
 _PUBLIC: dict[str, str] = {
     # loading and exporting
     "load": "edgeclip.runtime.model",
@@ -69,7 +69,51 @@ _PUBLIC: dict[str, str] = {
     "BackendError": "edgeclip.errors",
 }
 
-__all__ = sorted([*_PUBLIC, "__version__", "default_bundle"])
+__all__ = [
+    "TPT",
+    "BackendError",
+    "BundleError",
+    "ClassNameError",
+    "ClassPrototypes",
+    "CoOp",
+    "CoOpConfig",
+    "EdgeClip",
+    "EdgeClipError",
+    "ExportError",
+    "FeaturePool",
+    "FitReport",
+    "GuardConfig",
+    "ImageError",
+    "InputError",
+    "Method",
+    "OnlinePrototypes",
+    "OnlinePrototypesConfig",
+    "Prediction",
+    "PromptSync",
+    "PromptSyncConfig",
+    "PrototypeBank",
+    "TPTConfig",
+    "Trainable",
+    "ViewConfig",
+    "ViewMethod",
+    "ViewPolicy",
+    "Zero",
+    "ZeroConfig",
+    "ZeroShot",
+    "ZeroShotConfig",
+    "__version__",
+    "build_feature_pool",
+    "build_prototypes",
+    "configure",
+    "create_method",
+    "default_bundle",
+    "default_head_path",
+    "export_bundle",
+    "list_methods",
+    "load",
+    "read_head",
+    "register_method",
+]
 
 if TYPE_CHECKING:
     from edgeclip.errors import (

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from edgeclip.cli_args import positive_int
 from edgeclip.errors import EdgeClipError
 
 __all__ = ["EMBEDDED_DEFAULT_OUT", "add_parser", "cmd_prototypes_build", "default_out"]
@@ -44,13 +45,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="prototypes file to write (default: beside the bundle, <bundle>.prototypes.safetensors "
                         "with a trailing '.bundle' dropped; for the embedded bundle, which lives inside the "
                         f"installed package, ./{EMBEDDED_DEFAULT_OUT})")
-    b.add_argument("--classes", help='classes to build, in this order: "cat,dog" or @file with one name per line '
-                                     "(default: every class found)")
-    b.add_argument("--batch-size", type=int, default=64, help="images per encoder call (default 64)")
+    b.add_argument("--classes", help='classes to build, in this order: "cat,dog", or @FILE: a UTF-8 text file with one '
+                                     "name per line (commas allowed inside a name; default: every class found)")
+    b.add_argument("--batch-size", type=positive_int, default=64, help="images per encoder call (default 64)")
     b.add_argument("--seed", type=int, default=PROTOTYPE_SEED,
                    help=f"base seed of a procedural proxy set (default {PROTOTYPE_SEED})")
     b.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime"])
-    b.add_argument("--threads", type=int, help="CPU threads for onnxruntime")
+    b.add_argument("--threads", type=positive_int, help="CPU threads for onnxruntime and PyTorch (default: their own)")
     b.add_argument("--overwrite", action="store_true", help="replace an existing prototypes file")
     b.add_argument("--json", action="store_true", help="print the summary as JSON")
     b.set_defaults(func=cmd_prototypes_build)
@@ -67,32 +68,19 @@ def default_out(bundle: str | None) -> Path:
     return default_prototypes_path(bundle)
 
 
-def _read_classes(spec: str | None) -> list[str] | None:
-    from edgeclip.runtime.classnames import parse_class_list
-
-    if spec is None:
-        return None
-    if spec.startswith("@"):
-        path = Path(spec[1:]).expanduser()
-        if not path.is_file():
-            raise EdgeClipError(f"class file {path} does not exist")
-        spec = path.read_text(encoding="utf-8")
-    return parse_class_list(spec)
-
-
 def cmd_prototypes_build(args: argparse.Namespace) -> int:
     """Build, save and summarise prototypes (text, or JSON with ``--json``). Returns 0."""
     import edgeclip
+    from edgeclip.runtime.classnames import parse_class_spec
     from edgeclip.runtime.prototypes import build_prototypes
 
     out = Path(args.out).expanduser() if args.out else default_out(args.bundle)
     if out.exists() and not args.overwrite:
         raise EdgeClipError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
-    if args.batch_size < 1:
-        raise EdgeClipError(f"--batch-size must be >= 1, got {args.batch_size}")
     t0 = time.perf_counter()
     model = edgeclip.load(args.bundle, backend=args.backend, threads=args.threads)
-    protos = build_prototypes(model, args.data, class_names=_read_classes(args.classes),
+    class_names = None if args.classes is None else parse_class_spec(args.classes)
+    protos = build_prototypes(model, args.data, class_names=class_names,
                               batch_size=args.batch_size, progress=not args.json, seed=args.seed)
     path = protos.save(out)
     payload = {"path": str(path), **protos.summary(), "backend": model.backend,

@@ -14,6 +14,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from edgeclip.data import shapes
+from edgeclip.errors import InputError
+from edgeclip.runtime.methods import create_method
 from edgeclip.runtime.model import load
 from edgeclip.runtime.ort_session import available_providers
 
@@ -22,6 +24,10 @@ log = logging.getLogger(__name__)
 #: Seed of the demo's images; the micro model's training draws from a disjoint seed stream.
 DEMO_SEED = 424_242
 
+
+def _check_n(n: int, name: str) -> None:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise InputError(f"{name} must be a positive integer, got {n!r}")
 
 
 def _one_at_a_time(predictor: Any, images: Any, bar: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -35,6 +41,7 @@ def _one_at_a_time(predictor: Any, images: Any, bar: Any) -> tuple[np.ndarray, n
         bar.update()
     return preds, times
 
+
 def default_backends() -> list[str]:
     return ["torch", "onnxruntime"] if available_providers() else ["torch"]
 
@@ -47,12 +54,14 @@ def run_demo(
     backends: Sequence[str] | None = None,
     seed: int = DEMO_SEED,
     threads: int | None = None,
-    progress: bool = True,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Classify `n_per_shift` images per shift one at a time (batch 1, as frames arrive) and report
-    accuracy and the median / p90 wall time per image, preprocessing included."""
+    accuracy and the median / p90 wall time per image, preprocessing included. `threads` limits onnxruntime
+    and PyTorch (process-wide, see `EdgeClip`)."""
     from edgeclip import default_bundle
 
+    _check_n(n_per_shift, "n_per_shift")
     path = Path(bundle) if bundle is not None else default_bundle()
     shifts = list(shifts) if shifts is not None else list(shapes.SHIFTS)
     backends = list(backends) if backends is not None else default_backends()
@@ -64,7 +73,7 @@ def run_demo(
     bar = tqdm(total=total, desc="demo", unit="img", disable=not progress)
     for backend in backends:
         model = load(path, backend=backend, threads=threads)
-        clf = model.classifier(names, template=shapes.ZERO_SHOT_TEMPLATE.replace("{cls}", "{}"))
+        clf = create_method("zeroshot", model, names, template=ZERO_SHOT_TEMPLATE)
         clf.predict([data[shifts[0]].images[0]])  # warm-up
         for s in shifts:
             batch = data[s]
@@ -94,7 +103,9 @@ def demo_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-TTA_METHODS: tuple[str, ...] = ("zero-shot", "tpt", "promptsync", "zero")
+#: the demo's columns: label -> registered method
+TTA_METHODS: dict[str, str] = {"zero-shot": "zeroshot", "tpt": "tpt", "promptsync": "promptsync", "zero": "zero"}
+ZERO_SHOT_TEMPLATE = shapes.ZERO_SHOT_TEMPLATE.replace("{cls}", "{}")
 
 
 def run_tta_demo(
@@ -104,26 +115,24 @@ def run_tta_demo(
     shifts: Sequence[str] | None = None,
     seed: int = DEMO_SEED,
     threads: int | None = None,
-    progress: bool = True,
+    backend: str = "auto",
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Zero-shot, TPT, PromptSync (episodic, with prototypes built from the clean proxy set) and ZERO on the
-    same `n_per_shift` frames per shift, one frame at a time: accuracy and median ms per frame."""
+    same `n_per_shift` frames per shift, one frame at a time, on `backend`: accuracy and median ms per frame."""
     from edgeclip import default_bundle
-    from edgeclip.runtime.methods import TPT, PromptSync, Zero
     from edgeclip.runtime.prototypes import build_prototypes
 
+    _check_n(n_per_shift, "n_per_shift")
     path = Path(bundle) if bundle is not None else default_bundle()
     shifts = list(shifts) if shifts is not None else list(shapes.SHIFTS)
     names = shapes.class_names()
-    model = load(path, threads=threads)
+    model = load(path, backend=backend, threads=threads)
     protos = build_prototypes(model, "shapes:256", progress=False)
-    zs = model.classifier(names, template=shapes.ZERO_SHOT_TEMPLATE.replace("{cls}", "{}"))
-    methods = {
-        "zero-shot": lambda: zs,
-        "tpt": lambda: TPT(model, names, seed=seed),
-        "promptsync": lambda: PromptSync(model, names, prototypes=protos, seed=seed),
-        "zero": lambda: Zero(model, names, seed=seed),
-    }
+    settings: dict[str, dict[str, Any]] = {"zeroshot": {"template": ZERO_SHOT_TEMPLATE}, "tpt": {"seed": seed},
+                                           "promptsync": {"seed": seed, "prototypes": protos}, "zero": {"seed": seed}}
+    methods = {label: (lambda name=name: create_method(name, model, names, **settings[name]))
+               for label, name in TTA_METHODS.items()}
     rows: list[dict[str, Any]] = []
     bar = tqdm(total=len(shifts) * len(methods) * n_per_shift, desc="demo: test-time adaptation", unit="frame",
                disable=not progress)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from edgeclip.runtime.bundle import open_bundle
+from edgeclip.runtime.bundle import MANIFEST, open_bundle
 from edgeclip.runtime.ort_session import PROVIDER_ORDER, available_providers
+
+__all__ = ["bundle_info", "info_text", "machine_backends"]
 
 
 def machine_backends() -> dict[str, Any]:
@@ -30,41 +33,86 @@ def machine_backends() -> dict[str, Any]:
 
 
 def bundle_info(bundle: str | Path | None = None, verify: bool = True) -> dict[str, Any]:
+    """What `edgeclip info` shows, JSON-ready. The source names a checkpoint by its file name only: the
+    exporting machine's folders mean nothing here."""
     from edgeclip import default_bundle
 
     b = open_bundle(bundle if bundle is not None else default_bundle(), verify=verify)
-    m = b.manifest
+    m, spec = b.manifest, b.spec
+    source = {k: v for k, v in m["source"].items() if v is not None}
+    if spec.source.checkpoint:
+        source["checkpoint"] = spec.source.origin.removeprefix("checkpoint ")
     return {
         "path": str(b.path),
         "verified": verify,
-        "format_version": m["format_version"],
-        "source": m["source"],
-        "embed_dim": m["embed_dim"],
+        "manifest_sealed": spec.manifest_sha256 is not None,
+        "format_version": spec.format_version,
+        "description": spec.description,
+        "classes": list(spec.classes) if spec.classes else None,
+        "source": source,
+        "origin": spec.source.origin,
+        "embed_dim": spec.embed_dim,
         "image": m["image"],
-        "text": {k: v for k, v in m["text"].items() if k != "tokenizer"} | {"tokenizer": m["text"]["tokenizer"]},
-        "logit_scale": m["logit_scale"],
+        "text": m["text"],
+        "logit_scale": spec.logit_scale,
         "precision": m["precision"],
         "parity": m["parity"],
-        "files": {k: v["size"] for k, v in m["files"].items()},
-        "total_bytes": sum(v["size"] for v in m["files"].values()) + (b.path / "manifest.json").stat().st_size,
-        "tool_versions": m.get("tool_versions", {}),
+        "files": {k: v.size for k, v in spec.files.items()},
+        "total_bytes": sum(v.size for v in spec.files.values()) + (b.path / MANIFEST).stat().st_size,
+        "identity": b.identity(),
+        "tool_versions": dict(spec.tool_versions),
+        "created": spec.created,
         "extra": m.get("extra", {}),
         "machine": machine_backends(),
     }
 
 
+def _value(v: Any) -> str:
+    """A manifest value as plain text (no Python reprs): "key value, key value" for objects."""
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, Mapping):
+        return ", ".join(f"{k.replace('_', ' ')} {_value(x)}" for k, x in v.items())
+    if isinstance(v, (list, tuple)):
+        return ", ".join(_value(x) for x in v)
+    return str(v)
+
+
+def _extra_lines(extra: Mapping[str, Any]) -> list[str]:
+    lines = []
+    for key, value in extra.items():
+        label = key.replace("_", " ")
+        if key == "zero_shot_accuracy" and isinstance(value, Mapping):
+            shifts = {k: v for k, v in value.items() if k not in ("seed", "n") and isinstance(v, float)}
+            head = f"zero-shot accuracy on {value.get('n', '?')} held-out images per shift: "
+            lines.append(f"{'accuracy':13s} {head}" + ", ".join(f"{k} {100 * v:.1f}%" for k, v in shifts.items()))
+        else:
+            lines.append(f"{label[:13]:13s} {_value(value)}")
+    return lines
+
+
+def _triple(v: Any) -> str:
+    return " ".join(f"{x:.3f}" for x in v)
+
+
 def info_text(info: dict[str, Any]) -> str:
-    src = info["source"]
-    origin = src.get("pretrained") or src.get("checkpoint") or src.get("weights") or src.get("object")
+    """The human-readable form of `bundle_info`'s result."""
     t, im, par, mach = info["text"], info["image"], info["parity"], info["machine"]
-    lines = [
-        f"bundle        {info['path']}  (format {info['format_version']}, "
-        f"{'hashes verified' if info['verified'] else 'hashes NOT verified'})",
-        f"model         {src.get('architecture')}  weights: {origin}",
+    verified = "manifest and file hashes verified" if info["verified"] else "hashes NOT verified"
+    if info["verified"] and not info["manifest_sealed"]:
+        verified = "file hashes verified; manifest not sealed (older export)"
+    lines = [f"bundle        {info['path']}  (format {info['format_version']}, {verified})"]
+    if info.get("description"):
+        lines.append(f"about         {info['description']}")
+    if info.get("classes"):
+        names = info["classes"]
+        lines.append(f"knows         only these {len(names)} classes: {', '.join(names)}")
+    lines += [
+        f"model         {info['source'].get('architecture')}, {info['origin']}",
         f"embed dim     {info['embed_dim']}   logit scale {info['logit_scale']:.2f}",
-        f"image         {im['image_size']}px, resize {im['resize_mode']} ({im['interpolation']}), "
-        f"mean {tuple(round(x, 4) for x in im['mean'])}",
-        f"text          context {t['context_length']}, width {t['width']}, "
+        f"image         {im['image_size']}x{im['image_size']} px, resize {im['resize_mode']} ({im['interpolation']}), "
+        f"mean {_triple(im['mean'])}, std {_triple(im['std'])}",
+        f"text          context {t['context_length']} tokens, width {t['width']}, "
         f"{'causal (truncated to max EOT + 1)' if t['causal'] else 'bidirectional (always full length)'}, "
         f"pooling {t['pool']}",
         f"precision     compute {info['precision']['compute']}, storage {info['precision']['storage']}",
@@ -72,11 +120,13 @@ def info_text(info: dict[str, Any]) -> str:
         f"truncation max abs {par['truncation_max_abs']:.2e}",
         "files         " + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in info["files"].items()),
         f"total         {info['total_bytes'] / 1e6:.2f} MB",
-        f"this machine  can run: {', '.join(mach['runnable'])}; auto -> {mach['auto']}"
-        + (f"; GPU {mach['cuda_device']}" if mach["cuda"] else "; no CUDA")
-        + (", TensorRT present" if mach["tensorrt"] else ", no TensorRT"),
     ]
-    if info.get("extra"):
-        for k, v in info["extra"].items():
-            lines.append(f"{k:13s} {v}")
+    lines += _extra_lines(info.get("extra") or {})
+    versions = info.get("tool_versions") or {}
+    if versions:
+        made = f"{info['created'][:10]} " if info.get("created") else ""
+        lines.append(f"exported      {made}with " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    lines.append(f"this machine  can run: {', '.join(mach['runnable'])}; auto -> {mach['auto']}"
+                 + (f"; GPU {mach['cuda_device']}" if mach["cuda"] else "; no CUDA")
+                 + (", TensorRT present" if mach["tensorrt"] else ", no TensorRT"))
     return "\n".join(lines)

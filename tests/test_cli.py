@@ -25,9 +25,10 @@ def test_classify_folder_json(tiny_bundle: Path, tmp_path: Path, capsys) -> None
     folder = _images(tmp_path / "imgs")
     rc = main(["classify", "--bundle", str(tiny_bundle), "--classes", "cat, dog,robot arm", str(folder), "--json"])
     assert rc == 0
-    out = json.loads(capsys.readouterr().out)
-    assert len(out["results"]) == 3
-    assert {r["label"] for r in out["results"]} <= {"cat", "dog", "robot arm"}
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]  # JSON Lines
+    assert [r["image"] for r in records] == [str(folder / f"img{i}.png") for i in range(3)]
+    assert {r["label"] for r in records} <= {"cat", "dog", "robot arm"}
+    assert all(len(r["top"]) == 3 and r["top"][0]["label"] == r["label"] for r in records)
 
 
 def test_classify_class_file_and_errors(tiny_bundle: Path, tmp_path: Path, capsys) -> None:
@@ -51,6 +52,42 @@ def test_info(tiny_bundle: Path, capsys) -> None:
     assert "torch:cpu" in info["machine"]["runnable"]
     assert main(["info", str(tiny_bundle)]) == 0
     assert "parity" in capsys.readouterr().out
+
+
+def test_info_text_is_clean_and_says_what_the_micro_model_knows(capsys) -> None:
+    import edgeclip
+    from edgeclip.data import shapes
+    from edgeclip.runtime.bundle import open_bundle
+
+    assert main(["info"]) == 0
+    text = capsys.readouterr().out
+    assert "only these 16 classes: red circle," in text and all(c in text for c in shapes.class_names())
+    assert "checkpoint edgeclip-micro.pt" in text
+    built_at = open_bundle(edgeclip.default_bundle()).manifest["source"]["checkpoint"]
+    assert built_at.startswith("/") and built_at not in text  # the exporting machine's folders stay out
+    assert not any(ch in text for ch in "{}[]'")  # no Python dict, list or string reprs
+    assert "clean 99.5%" in text
+    assert main(["info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["source"]["checkpoint"] == "edgeclip-micro.pt" and len(info["classes"]) == 16
+    assert info["identity"]["manifest_sha256"] == open_bundle(edgeclip.default_bundle()).identity()["manifest_sha256"]
+
+
+def test_broken_pipe_exits_quietly(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first write, as `| head -1` after its line
+    try:
+        proc = subprocess.run([sys.executable, "-m", "edgeclip.cli", "info", "--json"], stdout=write_end,
+                              stderr=subprocess.PIPE, timeout=300, cwd=tmp_path)
+    finally:
+        os.close(write_end)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1, err
+    assert "Traceback" not in err and "BrokenPipeError" not in err
 
 
 def test_export_from_checkpoint(tiny_names: list[str], tmp_path: Path, capsys) -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import shutil
+import signal
 import tempfile
+import threading
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,19 +27,19 @@ from edgeclip.runtime.bundle import (
     FORMAT_VERSION,
     IMAGE_ONNX,
     IMAGE_TOWER,
-    MANIFEST,
     TEXT_ONNX,
     TEXT_TOWER,
     sha256_file,
 )
-from edgeclip.runtime.images import PreprocessConfig
+from edgeclip.runtime.classnames import validate_class_names
+from edgeclip.runtime.manifest import STORAGE_DTYPES, write_manifest
+from edgeclip.runtime.preprocess import PreprocessConfig
 from edgeclip.runtime.text_tower import POOL_TYPES, TextTower
 from edgeclip.runtime.tokenizer import Tokenizer, TokenizerSpec
 
 log = logging.getLogger(__name__)
 
 MIN_PARITY_COS = 0.9999
-STORAGE_DTYPES = ("float32", "float16")
 
 
 @dataclass
@@ -135,6 +138,27 @@ def _atomic_replace(tmp: Path, out: Path, overwrite: bool) -> None:
         tmp.rename(out)
 
 
+@contextlib.contextmanager
+def _terminate_as_exit() -> Iterator[None]:
+    """While exporting, turn SIGTERM into `SystemExit(143)` so the temporary folder is cleaned up as on
+    Ctrl-C, instead of the process dying with it on disk. Only in the main thread (the only one that can set
+    signal handlers) and only where SIGTERM still has its default action (an application's own handler is
+    left alone); the previous handler is restored afterwards."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+
+    def terminate(signum: int, frame: Any) -> None:
+        log.warning("export terminated (signal %d): removing the partial bundle", signum)
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def export_bundle(
     out: str | Path,
     model_name: str,
@@ -147,19 +171,35 @@ def export_bundle(
     overwrite: bool = False,
     progress: bool = False,
     extra: dict[str, Any] | None = None,
+    classes: Sequence[str] | None = None,
+    description: str | None = None,
 ) -> ExportResult:
     """Export an open_clip model to a bundle directory at `out`.
 
     The model comes from `model_name` plus one of `pretrained` (an open_clip tag; needs the network
     the first time), `checkpoint` (a local file) or `model` (an object in memory). `storage="float16"`
     rounds the weights to fp16 and stores them at half size; compute stays fp32. The bundle is written
-    to a temporary folder and renamed into place only after the ONNX checker and the parity check pass.
+    to a temporary folder and renamed into place only after the ONNX checker and the parity check pass; an
+    error, Ctrl-C or SIGTERM on the way removes it. `classes` names the only classes a closed-set model knows
+    and `description` says in one line what it is (both shown by `edgeclip info`). The manifest is sealed
+    with its ``manifest_sha256``.
     """
     if storage not in STORAGE_DTYPES:
         raise InputError(f"storage must be one of {STORAGE_DTYPES}, got {storage!r}")
-    out = Path(out).expanduser()
-    steps = tqdm(total=6, desc=f"export {model_name}", disable=not progress, unit="step")
+    if classes is not None:
+        classes = validate_class_names(classes)
+    if description is not None and not isinstance(description, str):
+        raise InputError(f"description must be a string, got {type(description).__name__}")
+    # the bar is closed however the export ends, before any error reaches the caller
+    with _terminate_as_exit(), tqdm(total=6, desc=f"export {model_name}", disable=not progress, unit="step") as steps:
+        return _export(Path(out).expanduser(), model_name, pretrained=pretrained, checkpoint=checkpoint,
+                       model=model, storage=storage, include_image_tower=include_image_tower, overwrite=overwrite,
+                       steps=steps, extra=extra, classes=classes, description=description)
 
+
+def _export(out: Path, model_name: str, *, pretrained: str | None, checkpoint: str | Path | None,
+            model: nn.Module | None, storage: str, include_image_tower: bool, overwrite: bool, steps: Any,
+            extra: dict[str, Any] | None, classes: list[str] | None, description: str | None) -> ExportResult:
     steps.set_postfix_str("loading model")
     src = load_source(model_name, pretrained=pretrained, checkpoint=checkpoint, model=model)
     mdl = src.model
@@ -231,16 +271,18 @@ def export_bundle(
             "extra": extra or {},
             "files": {},
         }
+        if classes is not None:
+            manifest["classes"] = classes
+        if description is not None:
+            manifest["description"] = description
         for name in sorted(p.name for p in tmp.iterdir()):
             manifest["files"][name] = {"sha256": sha256_file(tmp / name), "size": (tmp / name).stat().st_size}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+        manifest = write_manifest(tmp, manifest)
         _make_readable(tmp)
         _atomic_replace(tmp, out, overwrite)
         steps.update()
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    finally:
-        steps.close()
     log.info("wrote bundle %s", out)
     return ExportResult(out, report, manifest)

@@ -49,6 +49,48 @@ def model_config(model_name: str) -> dict[str, Any]:
     return cfg
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+
+
+def _checkpoint_problem(model_name: str, ckpt: Path, exc: Exception) -> str:
+    """Why `ckpt` did not load into `model_name`: not a readable checkpoint, or one of another model."""
+    import open_clip
+
+    try:
+        state = open_clip.factory.load_state_dict(str(ckpt), weights_only=True)
+    except Exception as read_exc:  # torch.load / safetensors raise many types for files that are not theirs
+        return (f"checkpoint {ckpt} cannot be read: it is not a checkpoint ({_first_line(read_exc)}); give a state "
+                f"dict of a {model_name} model saved with torch.save(model.state_dict(), path) or as .safetensors")
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        return f"checkpoint {ckpt} holds no state dict of tensors: it is not a checkpoint of a {model_name} model"
+    expected = open_clip.create_model(model_name).state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    parts = [f"{len(missing)} of its {len(expected)} tensors missing" if missing else "",
+             f"{len(unexpected)} unknown" if unexpected else "",
+             f"{len(shapes)} of another shape (e.g. {shapes[0]}: {list(state[shapes[0]].shape)} in the file, "
+             f"{list(expected[shapes[0]].shape)} in {model_name})" if shapes else ""]
+    detail = ", ".join(p for p in parts if p) or _first_line(exc)
+    return (f"checkpoint {ckpt} does not match the model {model_name} ({detail}): it was saved from another "
+            "architecture; give the model name it was trained as")
+
+
+def _model_from_checkpoint(model_name: str, ckpt: Path) -> nn.Module:
+    import open_clip
+
+    if not ckpt.is_file():
+        raise ExportError(f"checkpoint {ckpt} does not exist or is not a file")
+    if ckpt.stat().st_size == 0:
+        raise ExportError(f"checkpoint {ckpt} is empty (0 bytes): it is not a checkpoint of a {model_name} model")
+    try:
+        return open_clip.create_model(model_name, pretrained=str(ckpt), load_weights=True)
+    except Exception as exc:  # open_clip passes on torch.load's, load_state_dict's and its own assertion errors
+        raise ExportError(_checkpoint_problem(model_name, ckpt, exc)) from exc
+
+
 def load_source(
     model_name: str,
     *,
@@ -68,19 +110,16 @@ def load_source(
     if model is None:
         if checkpoint is not None:
             ckpt = Path(checkpoint).expanduser()
-            if not ckpt.is_file():
-                raise ExportError(f"checkpoint {ckpt} does not exist or is not a file")
-            weights = str(ckpt)
             source["checkpoint"] = str(ckpt.resolve())
+            model = _model_from_checkpoint(model_name, ckpt)
         else:
-            weights = pretrained
             source["pretrained"] = pretrained
-        try:
-            model = open_clip.create_model(model_name, pretrained=weights, load_weights=weights is not None)
-        except (RuntimeError, KeyError, ValueError) as exc:
-            what = f"checkpoint {weights}" if checkpoint is not None else f"pretrained tag {weights!r}"
-            raise ExportError(f"could not load {model_name} with {what}: {exc}") from exc
-        if weights is None:
+            try:
+                model = open_clip.create_model(model_name, pretrained=pretrained, load_weights=pretrained is not None)
+            except Exception as exc:  # download, cache and state-dict errors of every kind
+                what = f"pretrained tag {pretrained!r}" if pretrained else "random weights"
+                raise ExportError(f"could not create {model_name} with {what}: {type(exc).__name__}: {exc}") from exc
+        if pretrained is None and checkpoint is None:
             log.warning("exporting %s with random weights (no pretrained tag or checkpoint given)", model_name)
             source["weights"] = "random"
     else:

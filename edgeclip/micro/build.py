@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -50,15 +48,18 @@ def evaluate_bundle(
     return out
 
 
+#: What the micro CLIP is, for `edgeclip info` (the manifest's `description`; its `classes` are the shapes').
+MICRO_DESCRIPTION = ("a micro CLIP trained on procedural images of 16 coloured shapes (4 colours x 4 shapes); it "
+                     "knows those 16 classes only and gives one of them for any image")
+
+
 def write_manifest_extra(bundle: Path, extra: dict[str, Any]) -> None:
-    """Merge `extra` into the manifest's free-form `extra` field (atomic rewrite)."""
-    path = bundle / "manifest.json"
-    manifest = json.loads(path.read_text())
+    """Merge `extra` into the manifest's free-form `extra` field (atomic rewrite, sealed again)."""
+    from edgeclip.runtime.manifest import MANIFEST, write_manifest
+
+    manifest = json.loads((bundle / MANIFEST).read_text(encoding="utf-8"))
     manifest.setdefault("extra", {}).update(extra)
-    fd, tmp = tempfile.mkstemp(dir=bundle, prefix=".manifest.", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_manifest(bundle, manifest)
 
 
 def build_micro_bundle(
@@ -67,16 +68,18 @@ def build_micro_bundle(
     *,
     steps: int | None = None,
     seed: int = 0,
-    progress: bool = True,
+    progress: bool = False,
 ) -> dict[str, Any]:
-    """Train (clean domain only), export with fp16 storage, evaluate on held-out images of every shift."""
+    """Train (clean domain only), export with fp16 storage, evaluate on held-out images of every shift.
+    The manifest lists the 16 class names (`classes`) and says what the model is (`description`)."""
     from edgeclip.assets import MICRO_BUNDLE
     from edgeclip.export import export_bundle
 
     out = Path(out) if out is not None else MICRO_BUNDLE
     result = train_micro(work, steps=steps or DEFAULT_STEPS, seed=seed, progress=progress)
     exported = export_bundle(out, MICRO_MODEL_NAME, checkpoint=result.checkpoint, storage="float16",
-                             overwrite=True, progress=progress)
+                             overwrite=True, progress=progress, classes=shapes.class_names(),
+                             description=MICRO_DESCRIPTION)
     acc = evaluate_bundle(out, progress=progress)
     training = {"steps": result.steps, "seed": seed, "seconds": round(result.seconds, 1),
                 "final_loss": round(result.final_loss, 4), "data": "edgeclip.data.shapes, clean domain"}

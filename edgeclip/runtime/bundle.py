@@ -1,25 +1,49 @@
-"""The bundle on disk: manifest schema, file names, and verification on load."""
+"""The bundle on disk: file names, reading and verifying a bundle folder, and its identity.
+
+The manifest's schema and content hash live in :mod:`edgeclip.runtime.manifest`; `open_bundle` reads the
+manifest, validates it (`parse_manifest`), checks its ``manifest_sha256`` and every listed file's size and
+sha256, and returns a `Bundle`.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edgeclip.errors import BundleError
+from edgeclip.runtime.manifest import (
+    FORMAT_VERSION,
+    IMAGE_ONNX,
+    IMAGE_TOWER,
+    MANIFEST,
+    REQUIRED_FILES,
+    TEXT_ONNX,
+    TEXT_TOWER,
+    Manifest,
+    check_manifest_hash,
+    manifest_digest,
+    parse_manifest,
+)
 
-log = logging.getLogger(__name__)
-
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-IMAGE_ONNX = "image_encoder.onnx"
-TEXT_ONNX = "text_encoder.onnx"
-TEXT_TOWER = "text_tower.safetensors"
-IMAGE_TOWER = "image_tower.safetensors"
-REQUIRED_FILES = (IMAGE_ONNX, TEXT_ONNX, TEXT_TOWER)
+__all__ = [
+    "FORMAT_VERSION",
+    "IMAGE_ONNX",
+    "IMAGE_TOWER",
+    "MANIFEST",
+    "REQUIRED_FILES",
+    "TEXT_ONNX",
+    "TEXT_TOWER",
+    "Bundle",
+    "check_image_input",
+    "open_bundle",
+    "read_manifest",
+    "sha256_file",
+    "verify_files",
+]
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -33,35 +57,60 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 @dataclass
 class Bundle:
-    """A bundle directory and its parsed manifest."""
+    """A bundle directory: its raw manifest (``manifest``, the JSON object as read) and the validated,
+    typed view of it (``spec``, parsed from ``manifest`` when not given)."""
 
     path: Path
     manifest: dict[str, Any]
+    spec: Manifest = field(default=None, repr=False)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+        if self.spec is None:
+            self.spec = parse_manifest(self.manifest, self.path / MANIFEST)
 
     def file(self, name: str) -> Path:
         return self.path / name
 
     def has(self, name: str) -> bool:
-        return name in self.manifest.get("files", {})
+        return name in self.spec.files
 
     @property
     def embed_dim(self) -> int:
-        return int(self.manifest["embed_dim"])
+        return self.spec.embed_dim
 
     @property
     def image_size(self) -> int:
-        return int(self.manifest["image"]["image_size"])
+        return self.spec.image.image_size
 
     @property
     def text(self) -> dict[str, Any]:
+        """The manifest's raw ``text`` object (tokenizer, context_length, width, causal, pool, ...)."""
         return self.manifest["text"]
 
     @property
     def logit_scale(self) -> float:
-        return float(self.manifest["logit_scale"])
+        return self.spec.logit_scale
+
+    def identity(self) -> dict[str, Any]:
+        """What identifies this bundle's encoders, to key heads, feature caches and prototypes:
+        ``{"manifest_sha256", "files": {name: sha256}, "architecture", "embed_dim"}``.
+
+        ``manifest_sha256`` is the sha256 of the manifest's canonical JSON without its own
+        ``manifest_sha256`` field (equal to that field in a sealed manifest); the file hashes are the ones the
+        manifest records, which `open_bundle` checked against the files unless it was told not to verify. The
+        bundle's location is not part of it: a copied or moved bundle keeps its identity.
+        """
+        return {
+            "manifest_sha256": manifest_digest(self.manifest),
+            "files": {name: entry.sha256 for name, entry in sorted(self.spec.files.items())},
+            "architecture": self.spec.source.architecture,
+            "embed_dim": self.spec.embed_dim,
+        }
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
+    """The JSON object of ``path/manifest.json``; `BundleError` when the folder or the file is not a bundle's."""
     mpath = path / MANIFEST
     if not path.exists():
         raise BundleError(f"bundle {path} does not exist")
@@ -70,50 +119,52 @@ def read_manifest(path: Path) -> dict[str, Any]:
     if not mpath.is_file():
         raise BundleError(f"{mpath} is missing: {path} is not an edgeclip bundle (re-run `edgeclip export`)")
     try:
-        manifest = json.loads(mpath.read_text())
+        return json.loads(mpath.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"{mpath} is not valid JSON ({exc}); re-export the bundle") from exc
-    version = manifest.get("format_version")
-    if not isinstance(version, int):
-        raise BundleError(f"{mpath} has no integer format_version; re-export the bundle")
-    if version > FORMAT_VERSION:
-        raise BundleError(
-            f"{mpath} has format version {version}, newer than this edgeclip reads ({FORMAT_VERSION}): "
-            "upgrade edgeclip"
-        )
-    if version < 1:
-        raise BundleError(f"{mpath} has unknown format version {version}; re-export the bundle")
-    return manifest
 
 
-def verify_files(path: Path, manifest: dict[str, Any]) -> None:
+def verify_files(path: Path, spec: Manifest) -> None:
     """Check that every file the manifest lists is present with the recorded size and sha256."""
-    files = manifest.get("files", {})
-    for name in REQUIRED_FILES:
-        if name not in files:
-            raise BundleError(f"{path / MANIFEST} does not list the required file {name}; re-export the bundle")
-    for name, meta in files.items():
+    for name, entry in spec.files.items():
         fpath = path / name
         if not fpath.is_file():
             raise BundleError(f"bundle file {fpath} is missing; copy the whole bundle folder or re-export it")
         size = fpath.stat().st_size
-        if size != meta["size"]:
+        if size != entry.size:
             raise BundleError(
-                f"bundle file {fpath} has {size} bytes, the manifest says {meta['size']}: "
+                f"bundle file {fpath} has {size} bytes, the manifest says {entry.size}: "
                 "the file was changed or truncated; copy the bundle again or re-export it"
             )
-        digest = sha256_file(fpath)
-        if digest != meta["sha256"]:
+        if sha256_file(fpath) != entry.sha256:
             raise BundleError(
                 f"bundle file {fpath} does not match its sha256 in the manifest (hash mismatch): "
                 "the file was changed or corrupted; copy the bundle again or re-export it"
             )
 
 
+def check_image_input(bundle: Bundle, shape: Sequence[Any]) -> None:
+    """Raise `BundleError` unless the image graph's input ``shape`` ([batch, 3, S, S], symbolic dims as
+    strings) takes the manifest's ``image.image_size``."""
+    size = bundle.image_size
+    dims = list(shape)
+    fits = len(dims) == 4 and all(
+        d == want or not isinstance(d, int) for d, want in zip(dims[1:], (3, size, size), strict=True))
+    if not fits:
+        raise BundleError(
+            f"{bundle.path / MANIFEST} says image.image_size is {size}, but {bundle.path / IMAGE_ONNX} takes "
+            f"pixels of shape {list(shape)}: the manifest does not belong to this graph; restore the original "
+            "manifest.json or re-export the bundle"
+        )
+
+
 def open_bundle(path: str | Path, verify: bool = True) -> Bundle:
-    """Read and (by default) verify a bundle directory."""
+    """Read and validate a bundle directory; by default (``verify=True``) also check the manifest's own
+    ``manifest_sha256`` and every file's size and sha256."""
     p = Path(path).expanduser()
-    manifest = read_manifest(p)
+    raw = read_manifest(p)
+    spec = parse_manifest(raw, p / MANIFEST)
     if verify:
-        verify_files(p, manifest)
-    return Bundle(p, manifest)
+        check_manifest_hash(raw, p / MANIFEST)
+        verify_files(p, spec)
+    return Bundle(p, raw, spec)

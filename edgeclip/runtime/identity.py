@@ -9,36 +9,21 @@ scale is a different identity, while moving or copying the bundle folder is not.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Mapping
 from typing import Any
 
 from edgeclip.errors import BundleError
 from edgeclip.runtime import bundle as B
 
-__all__ = ["ENCODER_FILES", "bundle_identity", "check_same_encoders", "manifest_digest"]
+__all__ = ["ENCODER_FILES", "bundle_identity", "check_same_encoders"]
 
 #: The files whose hashes decide whether derived state fits: the encoders and the differentiable text tower.
 ENCODER_FILES = (B.IMAGE_ONNX, B.TEXT_ONNX, B.TEXT_TOWER)
 
 
-def manifest_digest(manifest: Mapping[str, Any]) -> str:
-    """sha256 of the manifest's canonical JSON (sorted keys), without a stored ``manifest_sha256`` field."""
-    content = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
-    text = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
 def bundle_identity(bundle: B.Bundle) -> dict[str, Any]:
-    """``{"manifest_sha256", "files": {name: sha256}, "architecture", "embed_dim"}`` of a loaded bundle."""
-    files = bundle.manifest.get("files", {})
-    return {
-        "manifest_sha256": manifest_digest(bundle.manifest),
-        "files": {name: meta.get("sha256") for name, meta in sorted(files.items()) if isinstance(meta, Mapping)},
-        "architecture": bundle.manifest.get("source", {}).get("architecture"),
-        "embed_dim": bundle.embed_dim,
-    }
+    """``{"manifest_sha256", "files": {name: sha256}, "architecture", "embed_dim"}`` (`Bundle.identity`)."""
+    return bundle.identity()
 
 
 def check_same_encoders(recorded: Mapping[str, Any], bundle: B.Bundle, what: str) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
@@ -13,9 +12,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from edgeclip.errors import BackendError, BundleError, ClassNameError
+from edgeclip.errors import BackendError, BundleError, InputError
 from edgeclip.runtime import bundle as B
-from edgeclip.runtime.classnames import validate_class_names
 from edgeclip.runtime.encoders import (
     ImageEncoder,
     OrtImageEncoder,
@@ -24,12 +22,11 @@ from edgeclip.runtime.encoders import (
     TorchImageEncoder,
     TorchTextEncoder,
 )
-from edgeclip.runtime.images import PreprocessConfig, preprocess
+from edgeclip.runtime.images import preprocess
 from edgeclip.runtime.ort_session import available_providers, make_session
-from edgeclip.runtime.prediction import Prediction
 from edgeclip.runtime.prompt import PromptContext
 from edgeclip.runtime.text_tower import TextTower, load_float_state
-from edgeclip.runtime.tokenizer import Tokenizer, TokenizerSpec
+from edgeclip.runtime.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -61,17 +58,24 @@ class EdgeClip:
 
     def __init__(self, bundle: B.Bundle, backend: str = "auto", device: str = "cpu",
                  threads: int | None = None) -> None:
+        """`threads` limits both onnxruntime's sessions and PyTorch (`torch.set_num_threads`, which is
+        process-wide: it applies to every model and all other PyTorch work in this process). None leaves
+        both at their defaults."""
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise InputError(f"threads must be a positive integer (or None for the default), got {threads!r}")
         self.bundle = bundle
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise BackendError(f"device {device!r} asked for but CUDA is not available; use device='cpu'")
         self.backend = resolve_backend(backend)
         self.threads = threads
-        m = bundle.manifest
-        self.preprocess_cfg = PreprocessConfig.from_dict(m["image"])
-        self.tokenizer = Tokenizer(TokenizerSpec.from_dict(m["text"]["tokenizer"]))
-        self.logit_scale = float(m["logit_scale"])
-        self.logit_bias = m.get("logit_bias")
+        if threads is not None:
+            torch.set_num_threads(threads)
+        spec = bundle.spec
+        self.preprocess_cfg = spec.image
+        self.tokenizer = Tokenizer(spec.text.tokenizer)
+        self.logit_scale = spec.logit_scale
+        self.logit_bias = spec.logit_bias
         self.image_encoder = self._make_image_encoder()
         self.text_encoder = self._make_text_encoder()
 
@@ -83,14 +87,16 @@ class EdgeClip:
     def _make_image_encoder(self) -> ImageEncoder:
         size = self.preprocess_cfg.image_size
         if self.backend == "onnxruntime":
-            return OrtImageEncoder(self._session(B.IMAGE_ONNX), size, self.bundle.embed_dim, str(self.device))
+            session = self._session(B.IMAGE_ONNX)
+            B.check_image_input(self.bundle, session.get_inputs()[0].shape)
+            return OrtImageEncoder(session, size, self.bundle.embed_dim, str(self.device))
         return TorchImageEncoder(self._build_visual(), size, str(self.device))
 
     def _make_text_encoder(self) -> TextEncoder:
-        t = self.bundle.text
+        t = self.bundle.spec.text
         if self.backend == "onnxruntime":
-            return OrtTextEncoder(self._session(B.TEXT_ONNX), t["width"], t["context_length"],
-                                  self.bundle.embed_dim, t["causal"], str(self.device))
+            return OrtTextEncoder(self._session(B.TEXT_ONNX), t.width, t.context_length,
+                                  self.bundle.embed_dim, t.causal, str(self.device))
         return TorchTextEncoder(self.text_tower, self.bundle.embed_dim, str(self.device))
 
     def _build_visual(self) -> torch.nn.Module:
@@ -101,9 +107,9 @@ class EdgeClip:
             )
         from open_clip.model import _build_vision_tower
 
-        cfg = self.bundle.manifest["model_config"]
-        visual = _build_vision_tower(cfg["embed_dim"], dict(cfg["vision_cfg"]),
-                                     quick_gelu=self.bundle.manifest.get("quick_gelu", False))
+        spec = self.bundle.spec
+        cfg = spec.model_config
+        visual = _build_vision_tower(cfg["embed_dim"], dict(cfg["vision_cfg"]), quick_gelu=spec.quick_gelu)
         path = self.bundle.file(B.IMAGE_TOWER)
         load_float_state(visual, _read_safetensors(path), str(path))
         return visual
@@ -111,13 +117,14 @@ class EdgeClip:
     @cached_property
     def text_tower(self) -> TextTower:
         """The frozen differentiable text transformer (PyTorch), on this model's device."""
-        m = self.bundle.manifest
-        cfg = m["model_config"]
-        tower = TextTower.from_config(cfg["embed_dim"], cfg["text_cfg"], m.get("quick_gelu", False))
+        spec = self.bundle.spec
+        cfg = spec.model_config
+        tower = TextTower.from_config(cfg["embed_dim"], dict(cfg["text_cfg"]), spec.quick_gelu)
         path = self.bundle.file(B.TEXT_TOWER)
         load_float_state(tower, _read_safetensors(path), str(path))
-        if tower.causal != bool(m["text"]["causal"]):
-            raise BundleError(f"{self.bundle.path}: manifest says causal={m['text']['causal']}, config disagrees")
+        if tower.causal != spec.text.causal:
+            raise BundleError(f"{self.bundle.path / B.MANIFEST}: text.causal is {spec.text.causal}, but the text "
+                              "tower its model_config describes is not; re-export the bundle")
         return tower.to(self.device).eval()
 
     # -- encoding -------------------------------------------------------------------------------
@@ -141,46 +148,27 @@ class EdgeClip:
         """Learnable context vectors for prompt tuning (see `PromptContext`)."""
         return PromptContext(self.text_tower, self.tokenizer, init, **kwargs).to(self.device)
 
-    def classifier(self, class_names: Sequence[str], template: str = DEFAULT_TEMPLATE) -> Classifier:
-        return Classifier(self, class_names, template)
+    def classifier(self, class_names: Sequence[str], template: str = DEFAULT_TEMPLATE) -> Any:
+        """The zero-shot method for `class_names`: shorthand for
+        ``create_method("zeroshot", model, class_names, template=template)``."""
+        from edgeclip.runtime.methods import create_method
+
+        return create_method("zeroshot", self, class_names, template=template)
 
     def describe(self) -> dict[str, Any]:
         return {"bundle": str(self.bundle.path), "backend": self.backend, "device": str(self.device),
-                "image_encoder": type(self.image_encoder).__name__,
+                "threads": self.threads, "image_encoder": type(self.image_encoder).__name__,
                 "text_encoder": type(self.text_encoder).__name__}
 
 
-class Classifier:
-    """Zero-shot classifier: class text embeddings computed once, images scored by scaled cosine."""
-
-    def __init__(self, model: EdgeClip, class_names: Sequence[str], template: str = DEFAULT_TEMPLATE) -> None:
-        if "{}" not in template:
-            raise ClassNameError(f"template {template!r} must contain '{{}}' where the class name goes")
-        self.model = model
-        self.class_names = validate_class_names(class_names)
-        self.template = template
-        self.text_embeds = model.encode_text([template.format(c) for c in self.class_names])
-
-    def logits(self, image_embeds: torch.Tensor) -> torch.Tensor:
-        out = self.model.logit_scale * F.normalize(image_embeds, dim=-1) @ self.text_embeds.T
-        if self.model.logit_bias is not None:
-            out = out + self.model.logit_bias
-        return out
-
-    def predict(self, images: Any) -> Prediction:
-        t0 = time.perf_counter()
-        pixels = self.model.preprocess(images)
-        t1 = time.perf_counter()
-        emb = self.model.image_encoder(pixels)
-        t2 = time.perf_counter()
-        probs = self.logits(emb).softmax(dim=-1)
-        t3 = time.perf_counter()
-        return Prediction(probs.argmax(dim=-1).cpu(), probs.cpu(), self.class_names,
-                          {"preprocess": t1 - t0, "image_encoder": t2 - t1, "head": t3 - t2})
-
-
-def load(bundle: str | Path | B.Bundle, backend: str = "auto", device: str = "cpu",
+def load(bundle: str | Path | B.Bundle | None = None, backend: str = "auto", device: str = "cpu",
          threads: int | None = None, verify: bool = True) -> EdgeClip:
-    """Load a bundle directory (verifying hashes and format version) on a backend and device."""
+    """Load a bundle directory (default: the embedded micro CLIP, which knows 16 coloured shapes), validating its
+    manifest and verifying its hashes unless `verify=False`, on a backend ("auto", "torch", "onnxruntime") and
+    device. `threads` limits onnxruntime and PyTorch (process-wide; see `EdgeClip`)."""
+    if bundle is None:
+        from edgeclip.assets import default_bundle_path
+
+        bundle = default_bundle_path()
     b = bundle if isinstance(bundle, B.Bundle) else B.open_bundle(bundle, verify=verify)
     return EdgeClip(b, backend=backend, device=device, threads=threads)

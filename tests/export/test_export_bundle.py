@@ -65,6 +65,48 @@ def test_export_from_local_checkpoint(tiny_names: list[str], tmp_path: Path) -> 
     assert loaded.logit_scale == pytest.approx(float(model.logit_scale.exp()))
 
 
+def _checkpoint_error(tmp_path: Path, ckpt: Path) -> str:
+    out = tmp_path / "x.bundle"
+    with pytest.raises(ExportError) as info:
+        export_bundle(out, "test-tiny-vit", checkpoint=ckpt)
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == sorted([ckpt.name])
+    msg = str(info.value)
+    assert str(ckpt) in msg and "test-tiny-vit" in msg
+    return msg
+
+
+def test_checkpoint_of_another_architecture(tiny_names: list[str], tmp_path: Path) -> None:
+    import open_clip
+
+    ckpt = tmp_path / "eos.pt"
+    torch.save(open_clip.create_model("test-tiny-eos").state_dict(), ckpt)
+    msg = _checkpoint_error(tmp_path, ckpt)
+    assert "does not match the model test-tiny-vit" in msg and "missing" in msg and "of another shape" in msg
+
+
+def test_files_that_are_not_checkpoints(tiny_names: list[str], tmp_path: Path) -> None:
+    (tmp_path / "garbage.pt").write_bytes(b"this is not a pickle" * 20)
+    assert "cannot be read: it is not a checkpoint" in _checkpoint_error(tmp_path, tmp_path / "garbage.pt")
+    (tmp_path / "garbage.pt").unlink()
+    (tmp_path / "empty.pt").write_bytes(b"")
+    assert "is empty (0 bytes)" in _checkpoint_error(tmp_path, tmp_path / "empty.pt")
+    (tmp_path / "empty.pt").unlink()
+    torch.save({"step": torch.tensor(3)}, tmp_path / "other.pt")  # a torch file, but no CLIP weights in it
+    assert "does not match the model" in _checkpoint_error(tmp_path, tmp_path / "other.pt")
+
+
+def test_checkpoint_error_on_the_command_line(tiny_names: list[str], tmp_path: Path, capsys) -> None:
+    from edgeclip.cli import main
+
+    (tmp_path / "w.pt").write_bytes(b"\x00" * 64)
+    assert main(["export", "--model", "test-tiny-vit", "--checkpoint", str(tmp_path / "w.pt"),
+                 "--out", str(tmp_path / "o.bundle")]) == 2
+    err = capsys.readouterr().err
+    last = err.rstrip("\n").split("\n")[-1]  # after the (closed) progress bar
+    assert last.startswith("edgeclip: error: checkpoint ") and "w.pt cannot be read: it is not a checkpoint" in last
+    assert err.count("edgeclip: error") == 1 and "Traceback" not in err
+
+
 def test_fp16_storage_halves_size_and_keeps_parity(tiny_names: list[str], tmp_path: Path, tiny_bundle: Path) -> None:
     torch.manual_seed(0)
     result = export_bundle(tmp_path / "half.bundle", "test-tiny-vit", storage="float16")

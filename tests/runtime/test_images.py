@@ -114,9 +114,9 @@ def test_int32_mode_i() -> None:
     assert im.mode == "I"
     out = load_image(im)
     assert _px(out, (0, 0)) == (0, 0, 0) and _px(out, (1, 0)) == (255, 255, 255)
-    # a range with no standard scale is stretched to [0, 255]
-    odd = load_image(Image.fromarray(np.array([[-1000, 1000]], np.int32)))
-    assert _px(odd, (0, 0)) == (0, 0, 0) and _px(odd, (1, 0)) == (255, 255, 255)
+    # negative values have no bit-depth scale: refused, naming the depth it was read with and the fix
+    with pytest.raises(ImageError, match=r"\[0, 65535\] for 16-bit data.*bit_depth="):
+        load_image(Image.fromarray(np.array([[-1000, 1000]], np.int32)))
 
 
 def test_float_mode_f() -> None:
@@ -160,7 +160,7 @@ def test_numpy_bad_values_and_shapes() -> None:
     with pytest.raises(ImageError, match="no pixels"):
         load_image(np.zeros((0, 8, 3), np.uint8))
     with pytest.raises(ImageError, match=r"\[0, 255\]"):
-        load_image(np.full((2, 2), 300, np.int32))
+        load_image(np.full((2, 2), 300, np.int64))  # int64 (Python ints) is read as 8-bit data
     with pytest.raises(ImageError):
         load_image(np.zeros((2, 2, 2, 2), np.uint8))
 
@@ -237,8 +237,11 @@ def test_bomb_accepted_when_limit_raised(bomb_png: Path) -> None:
 
 def test_small_limit_and_pil_limit_not_leaked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = _save(Image.new("RGB", (100, 100), (5, 5, 5)), tmp_path / "hundred.png")
-    with pytest.raises(ImageError, match="1,000"):
+    with pytest.raises(ImageError, match="1,000") as info:
         load_image(path, max_pixels=1000)
+    # PIL itself refused it (above twice its limit): the message quotes this call's one limit, not PIL's
+    assert "2,000" not in str(info.value) and "2000" not in str(info.value) and "10,000 pixels" in str(info.value)
+    assert str(info.value).count("limit of") == 1 and "max_pixels=" in str(info.value)
     with pytest.raises(ImageError, match="1,000"):
         load_image(Image.open(path), max_pixels=1000)
     # PIL's own limit far below the image (it would raise DecompressionBombError): the caller's limit wins

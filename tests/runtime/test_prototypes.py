@@ -19,7 +19,7 @@ from edgeclip.cli_prototypes import add_parser, cmd_prototypes_build
 from edgeclip.data import shapes
 from edgeclip.errors import BundleError, ClassNameError, EdgeClipError, InputError
 from edgeclip.micro.train import EVAL_SEED
-from edgeclip.runtime.identity import manifest_digest
+from edgeclip.runtime.manifest import manifest_digest
 from edgeclip.runtime.prototype_bank import PrototypeBank
 from edgeclip.runtime.prototypes import (
     PROTOTYPE_SEED,

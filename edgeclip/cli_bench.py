@@ -1,0 +1,226 @@
+"""`edgeclip bench ...`: the benchmark verbs (encoders, kernels, tta, online-memory, view-accuracy).
+
+Wire it into the main parser with ``add_parser(subparsers)``; every verb calls a function of `edgeclip.bench`
+and prints its report through the main command's output helper.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from edgeclip.cli_args import emit as _emit
+from edgeclip.cli_args import parse_frames as _parse_frames
+from edgeclip.cli_args import parse_ints as _parse_ints
+from edgeclip.cli_args import parse_names as _parse_names
+
+__all__ = ["add_parser"]
+
+
+def cmd_bench_encoders(args: argparse.Namespace) -> int:
+    from edgeclip.bench import bench_encoders, bench_encoders_for_model, write_report
+
+    common: dict[str, Any] = {"batches": tuple(args.batch), "threads": args.threads, "progress": not args.json}
+    if args.repeats is not None:
+        common["repeats"] = args.repeats
+    if args.model:
+        results = bench_encoders_for_model(args.model, Path(args.cache), **common)
+        name = f"encoders-{args.model}"
+    else:
+        results = bench_encoders(args.bundle or "micro", **common)
+        name = "encoders-" + (Path(args.bundle).name if args.bundle else "micro")
+    paths = write_report(results, Path(args.out), name)
+    text = paths["md"].read_text() + "\nwrote " + ", ".join(str(p) for p in paths.values())
+    _emit(args, results, text)
+    return 0
+
+
+def cmd_bench_kernels(args: argparse.Namespace) -> int:
+    from edgeclip.bench import bench_kernels, write_report
+
+    kwargs: dict[str, Any] = {"device": args.device, "threads": args.threads, "frames": tuple(args.frames),
+                              "n_views": args.views, "size": args.size, "classes": tuple(args.classes),
+                              "dims": tuple(args.dims), "progress": not args.json}
+    if args.quick:
+        kwargs.update(warmup=1, repeats=3, time_budget_s=2.0)
+    if args.repeats is not None:
+        kwargs["repeats"] = args.repeats
+    results = bench_kernels(**kwargs)
+    name = "kernels" if args.device == "cpu" else "kernels-cuda"
+    paths = write_report(results, Path(args.out), name)
+    text = paths["md"].read_text() + "\nwrote " + ", ".join(str(p) for p in paths.values())
+    _emit(args, results, text)
+    return 0
+
+
+def cmd_bench_view_accuracy(args: argparse.Namespace) -> int:
+    from edgeclip.bench import write_report
+    from edgeclip.bench.view_accuracy import tpt_view_accuracy
+
+    results = tpt_view_accuracy(args.bundle, n=args.n, threads=args.threads, show_progress=not args.json)
+    results["title"] = "TPT accuracy with edgeclip's views vs torchvision's views (same boxes)"
+    results["columns"] = ["shift", "n", "tpt_kernel", "tpt_torchvision", "diff_points", "same_prediction"]
+    paths = write_report(results, Path(args.out), "view-accuracy")
+    text = paths["md"].read_text() + "\nwrote " + ", ".join(str(p) for p in paths.values())
+    _emit(args, results, text)
+    return 0
+
+
+def cmd_bench_online_memory(args: argparse.Namespace) -> int:
+    from edgeclip.bench.online_memory import bench_online_memory, rejudge
+
+    if args.rejudge:
+        results = rejudge(args.rejudge, None if args.out_given is None else Path(args.out_given))
+    else:
+        results = bench_online_memory(
+            args.bundle, method=args.method, frames=args.frames, segment=args.segment, every=args.every,
+            warmup=args.warmup, threads=args.threads, n_views=args.views, prototypes=args.prototypes,
+            seed=args.seed, out_dir=Path(args.out_given or "bench-results"), progress=not args.json)
+    paths = results["files"]
+    text = paths["md"].read_text() + "\nwrote " + ", ".join(str(p) for p in paths.values())
+    _emit(args, results, text)
+    return 0
+
+
+# `edgeclip bench tta`: full-size defaults, and the --quick ones (smoke runs); an explicit flag wins over both
+TTA_DEFAULTS: dict[str, Any] = {"n": 512, "n_reference": 64, "views": 64, "model": "ViT-B-32",
+                                "classes": [10, 100, 1000], "speed_images": 3, "repeats": 5, "text_budget": 60.0,
+                                "prototypes": None}
+TTA_QUICK: dict[str, Any] = {"n": 16, "n_reference": 4, "views": 16, "model": None, "classes": [10],
+                             "speed_images": 1, "repeats": 2, "text_budget": 5.0, "prototypes": "shapes:128"}
+
+
+def cmd_bench_tta(args: argparse.Namespace) -> int:
+    from edgeclip.bench.tta import PARTS, bench_tta
+
+    base = TTA_QUICK if args.quick else TTA_DEFAULTS
+
+    def pick(name: str) -> Any:
+        value = getattr(args, name)
+        return base[name] if value is None else value
+
+    model = pick("model")
+    if isinstance(model, str) and model.lower() == "none":
+        model = None
+    imbalanced = args.imbalanced_shift if args.imbalanced_shift is not None else ["clean"]
+    imbalanced = [s for s in imbalanced if s.lower() != "none"]
+    classes = pick("classes")
+    results = bench_tta(
+        args.part or PARTS, bundle=args.bundle or "micro", backend=args.backend, device=args.device,
+        threads=args.threads, n=pick("n"), n_reference=pick("n_reference"), shifts=args.shifts,
+        imbalanced_shifts=imbalanced, prototypes=pick("prototypes"), n_views=pick("views"), model=model,
+        cache_dir=Path(args.cache), classes=classes, speed_images=pick("speed_images"),
+        text_bundles=args.text_bundle or ["micro"], text_classes=args.text_classes or classes,
+        text_repeats=pick("repeats"), text_time_budget_s=pick("text_budget"), out_dir=Path(args.out),
+        report_suffix="" if args.device == "cpu" else "-cuda", progress=not args.json, seed=args.seed)
+    texts = [paths["md"].read_text() for paths in results["files"].values()]
+    written = [str(p) for paths in results["files"].values() for p in paths.values()]
+    _emit(args, results, "\n".join(texts) + "\nwrote " + ", ".join(written))
+    return 0
+
+
+# -- parser ---------------------------------------------------------------------------------------
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``bench`` (with its verbs) to an ``argparse`` subparsers object; returns its parser."""
+    b = subparsers.add_parser("bench", help="benchmarks")
+    bsub = b.add_subparsers(dest="bench", required=True)
+    be = bsub.add_parser("encoders", help="PyTorch eager vs each ONNX Runtime provider, image and text")
+    src = be.add_mutually_exclusive_group()
+    src.add_argument("--bundle", help="bundle directory (default: the embedded micro CLIP)")
+    src.add_argument("--model", help="open_clip name: export a random-weight bundle once and bench it")
+    be.add_argument("--cache", default="bench-results/bundles", help="where --model bundles are kept")
+    be.add_argument("--batch", type=_parse_ints, default=[1, 8, 64], help="batch sizes, e.g. 1,8,64")
+    be.add_argument("--repeats", type=int, default=None, help="timed runs per case")
+    be.add_argument("--threads", type=int, default=None, help="CPU threads (torch and onnxruntime)")
+    be.add_argument("--out", default="bench-results", help="folder for the JSON and Markdown reports")
+    be.add_argument("--json", action="store_true")
+    be.set_defaults(func=cmd_bench_encoders)
+    bk = bsub.add_parser("kernels", help="per-frame kernels (augment_views, cosine_logits + select_confident) "
+                         "vs TPT-style PIL / torchvision / PyTorch code")
+    bk.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the kernels run (default cpu)")
+    bk.add_argument("--threads", type=int, default=None, help="PyTorch CPU threads")
+    bk.add_argument("--out", default="bench-results", help="folder for the JSON and Markdown reports")
+    bk.add_argument("--quick", action="store_true", help="few repeats and a short time budget (smoke runs)")
+    bk.add_argument("--repeats", type=int, default=None, help="timed rounds per case (default 20; --quick 3)")
+    bk.add_argument("--frames", type=_parse_frames, default=[(1080, 1920), (480, 640)],
+                    help="frame sizes HxW for augment_views, e.g. 1080x1920,480x640")
+    bk.add_argument("--views", type=int, default=64, help="views per frame, and N for cosine+select (default 64)")
+    bk.add_argument("--size", type=int, default=224, help="view side in pixels (default 224)")
+    bk.add_argument("--classes", type=_parse_ints, default=[10, 100, 1000], help="class counts C, e.g. 10,100,1000")
+    bk.add_argument("--dims", type=_parse_ints, default=[512, 768], help="embedding widths D, e.g. 512,768")
+    bk.add_argument("--json", action="store_true")
+    bk.set_defaults(func=cmd_bench_kernels)
+
+    bv = bsub.add_parser("view-accuracy", help="TPT on the held-out micro benchmark with edgeclip's views and "
+                         "with torchvision's views on the same boxes")
+    bv.add_argument("--bundle", help="bundle (default: the embedded micro CLIP)")
+    bv.add_argument("--n", type=int, default=256, help="held-out frames per shift (default 256)")
+    bv.add_argument("--threads", type=int, default=None, help="torch and onnxruntime threads")
+    bv.add_argument("--out", default="bench-results", help="folder for the JSON and Markdown reports")
+    bv.add_argument("--json", action="store_true")
+    bv.set_defaults(func=cmd_bench_view_accuracy)
+    bo = bsub.add_parser("online-memory", help="memory of a long online run (RSS, method state, gc objects) "
+                         "one frame at a time on a stream that changes shift every --segment frames")
+    bo.add_argument("--bundle", help="bundle (default: the embedded micro CLIP)")
+    bo.add_argument("--method", choices=["promptsync", "online_prototypes", "tpt"], default="promptsync",
+                    help="promptsync: online PromptSync with a prototype bank (default); online_prototypes; "
+                    "tpt: episodic TPT (a control)")
+    bo.add_argument("--frames", type=int, default=20000, help="frames in the stream (default 20000)")
+    bo.add_argument("--segment", type=int, default=500, help="frames per shift before the next one (default 500)")
+    bo.add_argument("--every", type=int, default=250, help="a memory sample every this many frames (default 250)")
+    bo.add_argument("--warmup", type=int, default=500,
+                    help="first frames excluded from the memory verdict (default 500)")
+    bo.add_argument("--threads", type=int, default=None, help="torch and onnxruntime threads")
+    bo.add_argument("--views", type=int, default=64, help="views per frame (default 64)")
+    bo.add_argument("--prototypes", default=None, help="class prototypes for promptsync and online_prototypes: a "
+                    "prototypes file, or a spec/folder to build them from (default shapes:512)")
+    bo.add_argument("--seed", type=int, default=0, help="seed of the methods' views")
+    bo.add_argument("--out", dest="out_given", default=None,
+                    help="folder for the JSON, Markdown and PNG reports (default bench-results; with --rejudge: "
+                    "beside the JSON)")
+    bo.add_argument("--rejudge", metavar="JSON", default=None, help="recompute the verdict of a saved "
+                    "online-memory.json from its samples under the current rule and rewrite its reports "
+                    "(runs no frame)")
+    bo.add_argument("--json", action="store_true")
+    bo.set_defaults(func=cmd_bench_online_memory)
+    bt = bsub.add_parser("tta", help="test-time adaptation: accuracy and latency of every method, edgeclip's TPT "
+                         "vs the reference TPT per image, text path against the number of classes")
+    bt.add_argument("--part", action="append", choices=["accuracy", "speed", "text-stress"],
+                    help="part to run (repeatable; default: all three)")
+    bt.add_argument("--bundle", help="bundle of the accuracy part and of speed's first bundle (default: the "
+                    "embedded micro CLIP)")
+    bt.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime"],
+                    help="edgeclip's encoder backend (the reference always runs fp32 PyTorch)")
+    bt.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    bt.add_argument("--threads", type=int, default=None, help="PyTorch and onnxruntime CPU threads")
+    bt.add_argument("--n", type=int, default=None, help="held-out frames per shift (default 512; --quick 16)")
+    bt.add_argument("--n-reference", type=int, default=None,
+                    help="frames per shift for the (slow) reference TPT in the accuracy part (default 64; --quick 4)")
+    bt.add_argument("--shifts", type=_parse_names, default=None, help="held-out shifts, e.g. clean,blur (default: all)")
+    bt.add_argument("--imbalanced-shift", action="append", default=None,
+                    help="shift of the class-imbalanced stream (repeatable; default clean; 'none': skip it)")
+    bt.add_argument("--prototypes", default=None, help="class prototypes for PromptSync and online prototypes: a "
+                    "prototypes file, or a spec/folder to build them from (default shapes:512; --quick shapes:128)")
+    bt.add_argument("--views", type=int, default=None, help="views per frame (default 64; --quick 16)")
+    bt.add_argument("--model", default=None, help="open_clip name of the speed part's random-weight bundle, exported "
+                    "once into --cache (default ViT-B-32; --quick: none; 'none': micro only)")
+    bt.add_argument("--cache", default="bench-results/bundles", help="where random-weight bundles are kept")
+    bt.add_argument("--classes", type=_parse_ints, default=None,
+                    help="class counts C for speed and text-stress (default 10,100,1000; --quick 10)")
+    bt.add_argument("--text-classes", type=_parse_ints, default=None, help="class counts for text-stress only "
+                    "(default: --classes)")
+    bt.add_argument("--text-bundle", action="append", default=None,
+                    help="text-stress bundle: micro (default), model (the --model bundle) or a bundle dir; repeatable")
+    bt.add_argument("--speed-images", type=int, default=None,
+                    help="timed images per speed case, after 1 warm-up (default 3; --quick 1)")
+    bt.add_argument("--repeats", type=int, default=None,
+                    help="timed rounds per text-stress case (default 5; --quick 2)")
+    bt.add_argument("--text-budget", type=float, default=None, help="seconds of timed calls after which a "
+                    "text-stress case stops (default 60; --quick 5)")
+    bt.add_argument("--seed", type=int, default=0, help="seed of views, class names and random embeddings")
+    bt.add_argument("--out", default="bench-results", help="folder for the JSON, Markdown and PNG reports")
+    bt.add_argument("--quick", action="store_true", help="tiny sizes everywhere (smoke runs); explicit flags win")
+    bt.add_argument("--json", action="store_true")
+    bt.set_defaults(func=cmd_bench_tta)
+    return b
