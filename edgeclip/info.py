@@ -63,8 +63,27 @@ def bundle_info(bundle: str | Path | None = None, verify: bool = True) -> dict[s
         "tool_versions": dict(spec.tool_versions),
         "created": spec.created,
         "extra": m.get("extra", {}),
+        "heads": bundle_heads(b),
         "machine": machine_backends(),
     }
+
+
+def bundle_heads(bundle: Any) -> list[dict[str, Any]]:
+    """The heads stored inside the bundle (``<bundle>/heads/*.head.safetensors``): file, method, classes, and
+    whether each fits this bundle's encoders (a head whose file cannot be read says why)."""
+    from edgeclip.errors import EdgeClipError
+    from edgeclip.runtime.head import HEADS_DIR, read_head
+    from edgeclip.runtime.identity import check_same_encoders
+
+    out = []
+    for path in sorted((bundle.path / HEADS_DIR).glob("*.head.safetensors")):
+        try:
+            head = read_head(path)
+            check_same_encoders(head.bundle, bundle, f"head {path.name}")
+            out.append({"file": path.name, "method": head.method, "classes": len(head.class_names), "fits": True})
+        except EdgeClipError as exc:
+            out.append({"file": path.name, "fits": False, "problem": str(exc)})
+    return out
 
 
 def _value(v: Any) -> str:
@@ -122,6 +141,9 @@ def info_text(info: dict[str, Any]) -> str:
         f"total         {info['total_bytes'] / 1e6:.2f} MB",
     ]
     lines += _extra_lines(info.get("extra") or {})
+    for h in info.get("heads") or []:
+        what = (f"{h['method']}, {h['classes']} classes" if h["fits"] else f"does not fit: {h['problem']}")
+        lines.append(f"head          {h['file']} ({what})")
     versions = info.get("tool_versions") or {}
     if versions:
         made = f"{info['created'][:10]} " if info.get("created") else ""

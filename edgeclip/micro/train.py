@@ -194,7 +194,7 @@ def train_micro(
     lr: float = 1e-3,
     weight_decay: float = 0.1,
     warmup: int | None = None,
-    progress: bool = True,
+    progress: bool = False,
     log_every: int = 50,
     eval_every: int = 0,
     eval_n: int = 2048,

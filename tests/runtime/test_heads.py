@@ -108,6 +108,10 @@ def test_head_inside_the_bundle_keeps_its_verification(micro, trained, tmp_path:
     path = coop.save_head(default_head_path(copy, "coop", "blur"))
     assert path == copy / "heads" / "blur.head.safetensors"
     model = edgeclip.load(copy, backend="torch", verify=True)  # hashes still verify: heads are not listed
+    from edgeclip.info import bundle_info
+
+    assert bundle_info(copy)["heads"] == [{"file": "blur.head.safetensors", "method": "coop", "classes": 16,
+                                           "fits": True}]
     frames = list(shapes.make_batch(4, seed=2).images)
     assert torch.equal(create_method("coop", model, NAMES, head=path).predict(frames).probs,
                        coop.predict(frames).probs)
