@@ -9,8 +9,19 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["bit_depth", "emit", "max_pixels", "nonnegative_int", "parse_frames", "parse_ints", "parse_names",
-           "parse_setting", "positive_int", "template"]
+__all__ = [
+    "bit_depth",
+    "emit",
+    "is_embedded_bundle",
+    "max_pixels",
+    "nonnegative_int",
+    "parse_frames",
+    "parse_ints",
+    "parse_names",
+    "parse_setting",
+    "positive_int",
+    "template",
+]
 
 
 def emit(args: argparse.Namespace, payload: Any, text: str) -> None:
@@ -103,3 +114,13 @@ def parse_setting(text: str) -> tuple[str, Any]:
     except (ValueError, SyntaxError):
         value = raw.strip()
     return key, value
+
+
+def is_embedded_bundle(bundle: str | None) -> bool:
+    """True for the embedded micro bundle (None or its path): it lives inside the installed package, often
+    read-only and replaced on upgrade, so the verbs write what they make for it to the current folder."""
+    from pathlib import Path
+
+    from edgeclip import default_bundle
+
+    return bundle is None or Path(bundle).expanduser().resolve() == Path(default_bundle()).resolve()

@@ -60,10 +60,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def default_out(bundle: str | None) -> Path:
     """The default --out for `bundle` (None: the embedded bundle → ./micro.prototypes.safetensors)."""
-    from edgeclip import default_bundle
+    from edgeclip.cli_args import is_embedded_bundle
     from edgeclip.runtime.prototypes import default_prototypes_path
 
-    if bundle is None or Path(bundle).expanduser().resolve() == Path(default_bundle()).resolve():
+    if is_embedded_bundle(bundle):
         return Path(EMBEDDED_DEFAULT_OUT)
     return default_prototypes_path(bundle)
 

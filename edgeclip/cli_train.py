@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgeclip.cli_args import nonnegative_int, parse_setting, positive_int
+from edgeclip.cli_args import is_embedded_bundle, nonnegative_int, parse_setting, positive_int
 from edgeclip.errors import EdgeClipError
 
 __all__ = ["add_parser", "cmd_train", "default_out"]
@@ -65,10 +65,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def default_out(bundle: str | None, method: str) -> Path:
     """The default head path: inside a user's bundle, or the current folder for the embedded bundle."""
-    from edgeclip import default_bundle
     from edgeclip.runtime.head import default_head_path
 
-    if bundle is None or Path(bundle).expanduser().resolve() == Path(default_bundle()).resolve():
+    if is_embedded_bundle(bundle):
         return Path(f"{method}.head.safetensors")
     return default_head_path(bundle, method)
 

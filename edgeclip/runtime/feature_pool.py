@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,13 +32,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from edgeclip.errors import BundleError, ImageError, InputError
 from edgeclip.runtime.identity import bundle_identity, check_same_encoders
 from edgeclip.runtime.model import EdgeClip
 from edgeclip.runtime.pool_sources import PROTOTYPE_SEED, PoolSource, open_source
+from edgeclip.runtime.safetensors_io import atomic_save, read, read_format
 
 __all__ = ["FORMAT", "FeaturePool", "ViewPolicy", "build_feature_pool", "default_cache_dir"]
 
@@ -161,50 +159,18 @@ class FeaturePool:
         header = {"format": FORMAT, "format_version": str(FORMAT_VERSION),
                   "class_names": json.dumps(self.class_names), "items": json.dumps(self.items),
                   "meta": json.dumps(self.meta, default=str)}
-        return _atomic_save({"embeds": self.embeds.contiguous(), "labels": self.labels.contiguous()},
-                            Path(path).expanduser(), header)
+        return atomic_save({"embeds": self.embeds, "labels": self.labels}, path, header)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> FeaturePool:
         """Read a pool written by `save` (a `BundleError` for anything that is not one)."""
         path = Path(path).expanduser()
-        header, tensors = _read(path)
-        if header.get("format") != FORMAT:
-            raise BundleError(f"{path} is not an edgeclip feature pool (format {header.get('format')!r})")
-        if int(header.get("format_version", "0")) > FORMAT_VERSION:
-            raise BundleError(f"{path} is a newer feature pool format than this edgeclip reads: upgrade edgeclip")
+        header, tensors, _ = read_format(path, FORMAT, FORMAT_VERSION, "feature pool", "delete it to rebuild")
         try:
             return cls(tensors["embeds"], tensors["labels"], json.loads(header["class_names"]),
                        json.loads(header["items"]), json.loads(header["meta"]))
         except (KeyError, json.JSONDecodeError, InputError) as exc:
             raise BundleError(f"{path} is not a valid feature pool ({exc}); delete it to rebuild") from exc
-
-
-def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, header: dict[str, str]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, header)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
-    if not path.is_file():
-        raise BundleError(f"{path} does not exist or is not a file")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            header = dict(f.metadata() or {})
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
-    except Exception as exc:  # safetensors raises its own error types
-        raise BundleError(f"{path} is not a readable safetensors file ({exc})") from exc
-    return header, tensors
 
 
 def _now() -> str:
@@ -308,14 +274,14 @@ def build_feature_pool(
             part_file = partial / f"{start:09d}.safetensors" if partial is not None else None
             if part_file is not None and part_file.is_file():
                 try:
-                    parts.append(_read(part_file)[1]["embeds"])
+                    parts.append(read(part_file, "pool chunk")[1]["embeds"])
                     bar.update(stop - start)
                     continue
                 except (BundleError, KeyError):
                     log.warning("re-encoding an unreadable partial chunk %s", part_file)
             part = _encode_chunk(model, source, start, stop, policy, batch_size, bar)
             if part_file is not None:
-                _atomic_save({"embeds": part}, part_file, {"format": FORMAT + ".chunk"})
+                atomic_save({"embeds": part}, part_file, {"format": FORMAT + ".chunk"})
             parts.append(part)
     pool = FeaturePool(torch.cat(parts), torch.from_numpy(source.labels.copy()), source.class_names, source.items,
                        meta)

@@ -19,20 +19,18 @@ import datetime as _dt
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from edgeclip.errors import BundleError, ClassNameError, EdgeClipError
 from edgeclip.runtime.bundle import Bundle
 from edgeclip.runtime.identity import bundle_identity, check_same_encoders
 from edgeclip.runtime.methods.config import config_from_dict, config_to_dict
 from edgeclip.runtime.methods.state import flatten_state, unflatten_state
+from edgeclip.runtime.safetensors_io import atomic_save, read_format
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "HEADS_DIR", "Head", "default_head_path", "read_head", "save_head"]
 
@@ -75,18 +73,7 @@ def save_head(method: Any, path: str | os.PathLike) -> Path:
         "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "versions": json.dumps(_versions()),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, header)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_save(tensors, path, header)
 
 
 @dataclass
@@ -132,21 +119,7 @@ def read_head(path: str | os.PathLike) -> Head:
     path = Path(path).expanduser()
     if not path.is_file():
         raise BundleError(f"head file {path} does not exist; train one with `edgeclip train`")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            header = dict(f.metadata() or {})
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
-    except Exception as exc:  # safetensors raises its own error types
-        raise BundleError(f"{path} is not a readable safetensors file ({exc})") from exc
-    if header.get("format") != FORMAT:
-        raise BundleError(f"{path} is not an edgeclip head (format {header.get('format')!r})")
-    try:
-        version = int(header.get("format_version", ""))
-    except ValueError:
-        raise BundleError(f"{path} has no integer format_version") from None
-    if version > FORMAT_VERSION:
-        raise BundleError(f"{path} is head format {version}, newer than this edgeclip reads ({FORMAT_VERSION}): "
-                          "upgrade edgeclip")
+    header, tensors, _ = read_format(path, FORMAT, FORMAT_VERSION, "head", "train one with `edgeclip train`")
     try:
         fields = {k: json.loads(header[k]) for k in ("config", "class_names", "bundle", "values", "versions")}
         method = header["method"]

@@ -23,7 +23,6 @@ import datetime as _dt
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,8 +30,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from edgeclip.errors import BundleError, ClassNameError, EdgeClipError, InputError
 from edgeclip.runtime.classnames import validate_class_names
@@ -48,6 +45,7 @@ from edgeclip.runtime.pool_sources import (
     parse_procedural_spec,
     procedural_batches,
 )
+from edgeclip.runtime.safetensors_io import atomic_save, read_format
 
 __all__ = [
     "DEFAULT_PROCEDURAL_N",
@@ -259,16 +257,7 @@ class ClassPrototypes:
         path.parent.mkdir(parents=True, exist_ok=True)
         metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION),
                     "class_names": json.dumps(self.class_names), "meta": json.dumps(self.meta, default=str)}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file({"embeds": self.embeds.contiguous(), "counts": self.counts.contiguous()}, tmp, metadata)
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_save({"embeds": self.embeds, "counts": self.counts}, path, metadata)
         log.info("wrote %d prototypes (D=%d) to %s", self.n_classes, self.dim, path)
         return path
 
@@ -283,23 +272,7 @@ class ClassPrototypes:
         path = Path(path).expanduser()
         if not path.exists():
             raise BundleError(f"prototypes file {path} does not exist; build it with `edgeclip prototypes build`")
-        if not path.is_file():
-            raise BundleError(f"prototypes path {path} is not a file")
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                header = dict(f.metadata() or {})
-                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
-        except Exception as exc:  # safetensors raises its own error types
-            raise BundleError(f"{path} is not a readable safetensors file ({exc}); rebuild the prototypes") from exc
-        if header.get("format") != FORMAT:
-            raise BundleError(f"{path} is not an edgeclip prototypes file (format {header.get('format')!r})")
-        try:
-            version = int(header.get("format_version", ""))
-        except ValueError:
-            raise BundleError(f"{path} has no integer format_version; rebuild the prototypes") from None
-        if version > FORMAT_VERSION:
-            raise BundleError(f"{path} has prototypes format {version}, newer than this edgeclip reads "
-                              f"({FORMAT_VERSION}): upgrade edgeclip")
+        header, tensors, _ = read_format(path, FORMAT, FORMAT_VERSION, "prototypes file", "rebuild the prototypes")
         try:
             names = json.loads(header.get("class_names", ""))
             meta = json.loads(header.get("meta", "{}"))

@@ -126,7 +126,7 @@ def test_a_failed_write_keeps_the_old_head(micro, trained, tmp_path: Path, monke
         Path(filename).write_bytes(b"partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr("edgeclip.runtime.head.save_file", broken)
+    monkeypatch.setattr("edgeclip.runtime.safetensors_io.save_file", broken)
     with pytest.raises(OSError, match="disk full"):
         coop.save_head(path)
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["h.head.safetensors"]
