@@ -20,10 +20,7 @@ from __future__ import annotations
 
 import gc
 import logging
-import random
-import re
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,10 +28,19 @@ from typing import Any
 import torch
 
 import edgeclip
-from edgeclip.bench.memory import is_oom
+from edgeclip.bench.common import (
+    TEMPLATE,
+    class_names,
+    model_label,
+    prompts,
+    random_weight_bundle,
+    resolve_bundle,
+    retry_oom,
+    torch_threads,
+)
 from edgeclip.bench.report import add_busy_note, cpu_snapshot, machine_info, other_cpu_load
-from edgeclip.bench.timing import TimingStats, is_cuda, measure, measure_interleaved, ratio_with_spread
-from edgeclip.errors import BackendError, BundleError, EdgeClipError
+from edgeclip.bench.timing import RATIO_NOTE, TimingStats, is_cuda, measure, measure_interleaved, ratio_with_spread
+from edgeclip.errors import BackendError, EdgeClipError
 from edgeclip.runtime import bundle as B
 from edgeclip.runtime.model import EdgeClip
 from edgeclip.runtime.ort_session import (
@@ -60,7 +66,6 @@ __all__ = [
 
 DEFAULT_TIME_BUDGET_S = 10.0
 MIN_REPEATS = 5
-TEMPLATE = "a photo of a {}."
 # the Markdown table's columns; the JSON rows carry more (device, min, samples, ...)
 COLUMNS = ["encoder", "backend", "provider", "batch", "tokens", "n", "median_ms", "p90_ms", "per_item_ms",
            "speedup", "speedup_lo", "speedup_hi", "other_load"]
@@ -168,39 +173,6 @@ def _load(bundle: B.Bundle, spec: BackendSpec, threads: int | None) -> EdgeClip:
 
 
 # -- inputs -------------------------------------------------------------------------------------
-_ADJECTIVES = ("red", "small", "wooden", "striped", "electric", "rusty", "wild", "spotted", "folding",
-               "golden", "plastic", "mountain", "garden", "sea", "paper", "black", "steel", "wet")
-_NOUNS = ("dog", "kite", "bicycle", "teapot", "forklift", "heron", "lamp", "pallet", "tractor", "owl",
-          "chair", "drone", "cone", "hose", "valve", "crate", "ladder", "fox", "truck", "robot", "mug",
-          "helmet", "beetle", "boat", "sign", "camera", "gear", "snake", "door", "tulip")
-
-
-def class_names(n: int, seed: int = 0) -> list[str]:
-    """`n` distinct class names of 1–4 words (cycling 1, 2, 3, 4; a word count whose names are used up
-    passes its turn to a longer one), the same for the same `seed`."""
-    if n < 1:
-        raise ValueError(f"need at least one class name, got n={n}")
-    rng = random.Random(seed)
-    seen: set[str] = set()
-    out: list[str] = []
-    misses = 0
-    while len(out) < n:
-        words = (len(out) + misses // 64) % 4 + 1
-        name = " ".join([*rng.sample(_ADJECTIVES, words - 1), rng.choice(_NOUNS)])
-        if name in seen:
-            misses += 1  # after 64 repeats in a row, move on to the next word count
-            continue
-        misses = 0
-        seen.add(name)
-        out.append(name)
-    return out
-
-
-def prompts(n: int, seed: int = 0) -> list[str]:
-    """`n` zero-shot prompts: "a photo of a {name}." over `class_names(n, seed)`."""
-    return [TEMPLATE.format(c) for c in class_names(n, seed)]
-
-
 @dataclass
 class _TextInput:
     token_embeds: torch.Tensor  # (N, context, W): full rows; the encoders cut causal towers themselves
@@ -224,24 +196,14 @@ def _text_input(model: EdgeClip, batch: int) -> _TextInput:
 
 
 # -- running ------------------------------------------------------------------------------------
-@contextmanager
-def _torch_threads(threads: int | None) -> Iterator[None]:
-    if threads is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+_torch_threads = torch_threads  # the name `edgeclip.bench.kernels` imports; `common.torch_threads` is the one to use
 
 
 def _row(encoder: str, spec: BackendSpec, batch: int, tokens: int | None,
          stats: TimingStats | None, error: str | None = None) -> dict[str, Any]:
     return {
         "encoder": encoder, "backend": spec.backend, "provider": spec.provider, "device": spec.device,
-        "batch": batch, "tokens": tokens,
+        "batch": batch, "requested_batch": batch, "tokens": tokens,
         "n": stats.n if stats else 0,
         "median_ms": stats.median_ms if stats else None,
         "p90_ms": stats.p90_ms if stats else None,
@@ -249,20 +211,24 @@ def _row(encoder: str, spec: BackendSpec, batch: int, tokens: int | None,
         "min_ms": stats.min_ms if stats else None,
         "per_item_ms": stats.median_ms / batch if stats else None,
         "items_per_s": 1e3 * batch / stats.median_ms if stats else None,
-        "speedup": None, "speedup_p90": None, "speedup_lo": None, "speedup_hi": None,
-        "other_load": None, "error": error,
+        "speedup": None, "speedup_p90": None, "speedup_lo": None, "speedup_hi": None, "speedup_of_medians": None,
+        "other_load": None, "oom_retry": None, "error": error,
         "samples_ms": list(stats.samples_ms) if stats else [],
     }
 
 
+Calls = dict[str, Callable[[], Any]]  # backend label -> one call on that backend's device
+
+
 @dataclass
 class _Case:
-    """One (encoder, batch) timed on every backend that loaded."""
+    """One (encoder, batch) timed on every backend that loaded; `make(batch)` builds its inputs at any batch (the
+    case's own, or a smaller one after running out of memory) and returns (tokens, calls)."""
 
     encoder: str  # "image" | "text"
     batch: int
-    tokens: int | None  # text: sequence length after causal truncation
-    fns: dict[str, Callable[[], Any]]  # backend label -> call on that backend's device
+    labels: list[str]  # the backends that loaded, in order
+    make: Callable[[int], tuple[int | None, Calls]]  # tokens: text sequence length after causal truncation
 
 
 def _time_case(case: _Case, specs: dict[str, BackendSpec], *, warmup: int, repeats: int,
@@ -270,93 +236,72 @@ def _time_case(case: _Case, specs: dict[str, BackendSpec], *, warmup: int, repea
                ) -> tuple[list[dict[str, Any]], dict[str, TimingStats], bool]:
     """Time one case on all backends; returns rows, stats by label, and whether the samples are paired.
 
-    Round-robin (`measure_interleaved`) when `interleave`, else one backend after the other. When a
-    backend runs out of memory, the case is timed again backend by backend (unpaired), and the
-    backend that failed gets a row with `error` set instead of raising.
+    Round-robin (`measure_interleaved`) when `interleave`, else one backend after the other. When a backend
+    runs out of memory, the whole case is timed once more at a smaller batch (`retry_oom`): its rows carry the
+    batch that ran, the batch asked for (`requested_batch`) and the failure (`oom_retry`). When the retry runs
+    out of memory too, every backend gets a row with `error` set instead of raising.
     """
     sync = torch.cuda.synchronize if any(is_cuda(s.device) for s in specs.values()) else None
-    kw = {"warmup": warmup, "repeats": repeats, "max_time": time_budget_s, "min_repeats": MIN_REPEATS,
-          "sync": sync}
+    kw: dict[str, Any] = {"warmup": warmup, "repeats": repeats, "max_time": time_budget_s,
+                          "min_repeats": MIN_REPEATS, "sync": sync}
     snap = cpu_snapshot()
-    stats: dict[str, TimingStats] = {}
-    errors: dict[str, str] = {}
-    paired = interleave and len(case.fns) > 1
-    if paired:
-        try:
-            stats = measure_interleaved(case.fns, **kw)
-        except Exception as exc:
-            if not is_oom(exc):
-                raise
-            log.warning("%s batch %d: out of memory (%s); timing the backends one by one",
-                        case.encoder, case.batch, exc)
-            paired = False
-    if not paired:
-        for label, fn in case.fns.items():
-            try:
-                stats[label] = measure(fn, **kw)
-            except Exception as exc2:
-                if not is_oom(exc2):
-                    raise
-                log.warning("%s %s batch %d: out of memory (%s)", case.encoder, label, case.batch, exc2)
-                errors[label] = f"out of memory: {exc2}"
+    paired = interleave and len(case.labels) > 1
+
+    def run(batch: int) -> tuple[int | None, dict[str, TimingStats]]:
+        tokens, calls = case.make(batch)
+        if paired:
+            return tokens, measure_interleaved(calls, **kw)
+        return tokens, {label: measure(fn, **kw) for label, fn in calls.items()}
+
+    res = retry_oom(run, case.batch, f"{case.encoder} encoder")
+    tokens, stats = res.value if res.value is not None else (None, {})
     other = other_cpu_load(snap, cpu_snapshot())
     rows = []
-    for label in case.fns:
+    for label in case.labels:
         st = stats.get(label)
-        row = _row(case.encoder, specs[label], case.batch, case.tokens, st, error=errors.get(label))
-        row["other_load"] = other
+        row = _row(case.encoder, specs[label], res.batch or case.batch, tokens, st)
+        row.update(res.record(), other_load=other)
         rows.append(row)
         if st is not None:
             log.info("%s %s batch %d: median %.3f ms, p90 %.3f ms (n=%d)",
-                     case.encoder, label, case.batch, st.median_ms, st.p90_ms, st.n)
+                     case.encoder, label, row["batch"], st.median_ms, st.p90_ms, st.n)
     return rows, stats, paired
 
 
 def _add_speedups(rows: list[dict[str, Any]], stats: dict[tuple[str, int], dict[str, TimingStats]],
                   paired: dict[tuple[str, int], bool]) -> None:
-    """Fill `speedup*` on ORT rows: PyTorch eager median / this row's median, same encoder and batch."""
+    """Fill `speedup*` on ORT rows: PyTorch eager time / this row's (`ratio_with_spread`), same encoder and batch."""
     for r in rows:
         if r["backend"] == "torch" or r["median_ms"] is None:
             continue
-        key = (r["encoder"], r["batch"])
+        key = (r["encoder"], r["requested_batch"])
         ref = stats.get(key, {}).get("torch")
         mine = stats.get(key, {}).get(f"{r['backend']}:{r['provider']}")
         if ref is None or mine is None:
             continue
         ratio = ratio_with_spread(mine, ref, paired=paired[key])
-        r.update(speedup=ratio["ratio"], speedup_p90=ratio["ratio_p90"],
-                 speedup_lo=ratio["ratio_lo"], speedup_hi=ratio["ratio_hi"])
-
-
-def _resolve_bundle(bundle: str | Path | B.Bundle) -> B.Bundle:
-    if isinstance(bundle, B.Bundle):
-        return bundle
-    if isinstance(bundle, str) and bundle == "micro":
-        bundle = edgeclip.default_bundle()
-    return B.open_bundle(bundle, verify=True)
-
-
-def _model_label(bundle: B.Bundle) -> str:
-    src = bundle.manifest.get("source")
-    name = src.get("architecture") if isinstance(src, dict) else None
-    if name and isinstance(src, dict) and src.get("weights") == "random":
-        name = f"{name} (random weights)"
-    return str(name or bundle.path.name)
+        r.update(speedup=ratio["ratio"], speedup_p90=ratio["ratio_p90"], speedup_lo=ratio["ratio_lo"],
+                 speedup_hi=ratio["ratio_hi"], speedup_of_medians=ratio["ratio_of_medians"])
 
 
 def _cases(models: dict[str, EdgeClip], specs: dict[str, BackendSpec], batches: list[int],
            text_batches: list[int]) -> Iterator[_Case]:
-    """The cases, inputs built once (seeded) and copied to each backend's device up front."""
+    """The cases; each builds its inputs (seeded) when timed and copies them to each backend's device up front."""
     first = next(iter(models.values()))
     size = first.preprocess_cfg.image_size
-    for n in batches:
+
+    def image(n: int) -> tuple[int | None, Calls]:
         pixels = _pixels(n, size)  # (B, 3, S, S)
-        yield _Case("image", n, None, {
-            label: _image_call(m, pixels.to(specs[label].device)) for label, m in models.items()})
-    for n in text_batches:
+        return None, {label: _image_call(m, pixels.to(specs[label].device)) for label, m in models.items()}
+
+    def text(n: int) -> tuple[int | None, Calls]:
         t = _text_input(first, n)
-        yield _Case("text", n, t.tokens, {
-            label: _text_call(m, t, specs[label].device) for label, m in models.items()})
+        return t.tokens, {label: _text_call(m, t, specs[label].device) for label, m in models.items()}
+
+    for n in batches:
+        yield _Case("image", n, list(models), image)
+    for n in text_batches:
+        yield _Case("text", n, list(models), text)
 
 
 def bench_encoders(
@@ -402,8 +347,9 @@ def bench_encoders(
         per_item_ms, items_per_s, speedup / speedup_p90 / speedup_lo / speedup_hi (ORT rows: PyTorch
         eager time over this backend's, see `ratio_with_spread`; None on torch rows), other_load (CPU
         cores other processes kept busy during the case, see `other_cpu_load`; None when the case
-        was too short to tell), error (None, or why the case could not run, e.g. out of memory) and
-        samples_ms.
+        was too short to tell), requested_batch and oom_retry (a case that ran out of memory is timed once
+        more at half the batch: `batch` is then the batch that ran and oom_retry the failure), error (None, or
+        why the case could not run, e.g. out of memory at both batches) and samples_ms.
     """
     from tqdm.auto import tqdm
 
@@ -422,14 +368,14 @@ def bench_encoders(
     specs = {s.label: s for s in spec_list}
     if len(specs) != len(spec_list):
         raise ValueError(f"backends repeat: {[s.label for s in spec_list]}")
-    bnd = _resolve_bundle(bundle)
-    label = _model_label(bnd)
+    bnd = resolve_bundle(bundle)
+    label = model_label(bnd)
     snap_start = cpu_snapshot()
 
     rows: list[dict[str, Any]] = []
     stats: dict[tuple[str, int], dict[str, TimingStats]] = {}
     paired: dict[tuple[str, int], bool] = {}
-    with _torch_threads(threads):
+    with torch_threads(threads):
         models: dict[str, EdgeClip] = {}
         for spec in spec_list:
             try:
@@ -456,7 +402,7 @@ def bench_encoders(
             gc.collect()
     _add_speedups(rows, stats, paired)
     order = list(specs)
-    rows.sort(key=lambda r: (r["encoder"] != "image", r["batch"],
+    rows.sort(key=lambda r: (r["encoder"] != "image", r["requested_batch"],
                              order.index(r["backend"] if r["provider"] is None
                                          else f"{r['backend']}:{r['provider']}")))
 
@@ -467,16 +413,19 @@ def bench_encoders(
               "other_load": other_cpu_load(snap_start, cpu_snapshot())}
     how = ("backends timed round-robin within each case (0.1 s settle before each timed call)" if interleave
            else "backends timed one after the other within each case")
-    spread = "the per-round ratios" if interleave else "the ratios over all pairs of calls"
     notes = [
-        f"{how}; speedup = PyTorch eager median / this backend's median at the same encoder and batch "
-        f"(>1: faster than torch); speedup_lo–speedup_hi = 10th–90th percentile of {spread}.",
+        f"{how}; the speedup compares PyTorch eager's time with this backend's at the same encoder and batch "
+        f"(>1: faster than torch): {RATIO_NOTE}.",
         f"each case: {warmup} warm-up calls per backend, then up to {repeats} timed calls each, stopping "
         f"once the slowest backend has {time_budget_s:g} s of timed calls (at least {MIN_REPEATS}); times "
         "in ms per call.",
         "image: random normalised pixels; text: prompts 'a photo of a {name}.' with 1–4-word names, "
         "tokens = sequence length after causal truncation (max EOT + 1).",
     ]
+    retried = sorted({(r["encoder"], r["requested_batch"], r["batch"]) for r in rows if r.get("oom_retry")})
+    if retried:
+        notes.append("out of memory: " + ", ".join(f"{e} batch {a} ran at batch {b}" for e, a, b in retried)
+                     + " (timed once more at half the batch; oom_retry in the JSON says what failed).")
     add_busy_note(rows, notes, "absolute times are inflated, PyTorch's multi-threaded ones above all; round-robin "
                   "timing shares the slowdown, but ratios can still shift")
     return {"title": f"Encoder latency: {label}", "bench": "encoders", "config": config,
@@ -494,27 +443,10 @@ def _text_call(model: EdgeClip, t: _TextInput, device: str) -> Callable[[], Any]
     return lambda: enc(embeds, eot)
 
 
-def _cache_name(model_name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", model_name).strip("-") + "-random.bundle"
-
-
 def bench_encoders_for_model(model_name: str, cache_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
-    """Bench a random-weight open_clip `model_name`, exported once to `cache_dir/<name>-random.bundle`.
-
-    The bundle is reused when it is there and passes verification; otherwise it is (re-)exported
-    (ViT-B-32: ~40 s and ~600 MB). Keyword arguments go to `bench_encoders`. Random weights time the
-    same as trained ones, so no download is needed.
-    """
-    path = Path(cache_dir).expanduser() / _cache_name(model_name)
-    bundle: B.Bundle | None = None
-    if (path / "manifest.json").is_file():
-        try:
-            bundle = B.open_bundle(path, verify=True)
-        except BundleError as exc:
-            log.warning("cached bundle %s is unusable (%s); exporting again", path, exc)
-    if bundle is None:
-        log.info("exporting random-weight %s to %s", model_name, path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        edgeclip.export_bundle(path, model_name, overwrite=True, progress=bool(kwargs.get("progress", True)))
-        bundle = B.open_bundle(path, verify=True)
+    """Bench a random-weight open_clip `model_name`, exported once to `cache_dir/<name>-random.bundle`
+    (`random_weight_bundle`: reused while it verifies, else (re-)exported; ViT-B-32: ~40 s and ~600 MB).
+    Keyword arguments go to `bench_encoders`. Random weights time the same as trained ones, so no download is
+    needed."""
+    bundle = random_weight_bundle(model_name, cache_dir, progress=bool(kwargs.get("progress", True)))
     return bench_encoders(bundle, **kwargs)

@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["MEMORY_METHODS", "PeakMemory", "is_oom", "malloc_trim", "status_kb"]
+__all__ = ["MEMORY_METHODS", "PeakMemory", "malloc_trim", "status_kb"]
 
 
 def status_kb(key: str) -> int | None:
@@ -116,11 +116,3 @@ class PeakMemory:
         else:
             peak = status_kb("VmHWM") or 0
         return max(0, peak - self._base) / 1024.0
-
-
-def is_oom(exc: BaseException) -> bool:
-    """Whether `exc` is an out-of-memory failure (host or CUDA, PyTorch or ONNX Runtime)."""
-    if isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)):
-        return True
-    msg = str(exc).lower()
-    return "out of memory" in msg or "failed to allocate" in msg

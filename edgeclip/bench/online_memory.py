@@ -37,11 +37,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from edgeclip.bench.encoders import _model_label, _resolve_bundle, _torch_threads
+from edgeclip.bench.common import is_oom, model_label, resolve_bundle, torch_threads
 from edgeclip.bench.figures import check_matplotlib, save_figure
 from edgeclip.bench.memory import malloc_trim, status_kb
+from edgeclip.bench.method_factory import load_prototypes, make_method
 from edgeclip.bench.report import add_busy_note, cpu_snapshot, machine_info, other_cpu_load, write_report
-from edgeclip.bench.tta import load_prototypes, make_method
 from edgeclip.data import shapes
 from edgeclip.data.streams import EVAL_SEED
 from edgeclip.errors import InputError
@@ -63,7 +63,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: CLI method name -> the key `edgeclip.bench.tta.make_method` builds it under
+#: CLI method name -> the key `edgeclip.bench.method_factory.make_method` builds it under
 METHODS: dict[str, str] = {"promptsync": "promptsync-online", "online_prototypes": "online-prototypes", "tpt": "tpt"}
 _NEEDS_PROTOTYPES = ("promptsync", "online_prototypes")
 REPORT_NAME = "online-memory"
@@ -227,6 +227,7 @@ def bench_online_memory(
     shifts: Sequence[str] | None = None,
     out_dir: str | Path | None = None,
     progress: bool = True,
+    command: str | None = None,
 ) -> dict[str, Any]:
     """Run `method` online on `frames` frames and measure its memory (see the module docstring).
 
@@ -249,6 +250,7 @@ def bench_online_memory(
         out_dir: if given, ``online-memory.json``, ``.md`` and ``.png`` are written there (also, with
             ``complete: false``, when the frame loop fails or is interrupted).
         progress: a tqdm bar over the frames (stderr).
+        command: the command line that ran the bench (the CLI passes it), recorded in the report.
 
     Returns:
         A `write_report` dict: ``title``, ``bench``, ``complete``, ``error``, ``config``, ``columns``, ``rows``
@@ -267,13 +269,13 @@ def bench_online_memory(
         check_matplotlib()  # fail now, not after an hour of frames
     from edgeclip.assets import default_bundle_path
 
-    with _torch_threads(threads):
-        b = _resolve_bundle(bundle if bundle is not None else default_bundle_path())
+    with torch_threads(threads):
+        b = resolve_bundle(bundle if bundle is not None else default_bundle_path())
         model = load(b, backend=backend, threads=threads)
         names = shapes.class_names()
         protos = load_prototypes(model, names, prototypes, progress) if method in _NEEDS_PROTOTYPES else None
         predictor = make_method(METHODS[method], model, names, protos, n_views, seed)
-        config = {"bundle": str(model.bundle.path), "model": _model_label(model.bundle), "backend": model.backend,
+        config = {"bundle": str(model.bundle.path), "model": model_label(model.bundle), "backend": model.backend,
                   "method": method, "method_key": METHODS[method], "mode": getattr(predictor, "mode", None),
                   "frames": frames, "segment": segment, "every": every, "warmup": warmup, "threads": threads,
                   "torch_threads": torch.get_num_threads(), "n_views": n_views, "seed": seed, "eval_seed": EVAL_SEED,
@@ -286,7 +288,9 @@ def bench_online_memory(
         try:
             run.loop(progress)
         except BaseException as exc:  # KeyboardInterrupt included: write what there is, then raise again
-            results = run.results(model, config, error=f"{type(exc).__name__}: {exc}")
+            kind = "out of memory: " if isinstance(exc, Exception) and is_oom(exc) else ""
+            results = run.results(model, config, error=f"{kind}{type(exc).__name__}: {exc}")
+            results["command"] = command
             if out_dir is not None:
                 try:
                     results["files"] = write_online_memory_report(results, out_dir)
@@ -296,6 +300,7 @@ def bench_online_memory(
                     log.exception("could not write the partial online-memory report")
             raise
         results = run.results(model, config, error=None)
+        results["command"] = command
     if out_dir is not None:
         results["files"] = write_online_memory_report(results, out_dir)
     return results

@@ -1,8 +1,10 @@
 """Benchmark reports: a JSON file with the machine it ran on, and a Markdown table for humans.
 
 A results dict (as returned by `bench_encoders`) has `rows` (a list of flat dicts) and may have
-`title`, `columns` (the Markdown table's columns, in order), `notes` (lines printed under the table)
-and `config`; everything in it goes into the JSON unchanged.
+`title`, `columns` (the Markdown table's columns, in order), `tables` (further tables, each
+``{"title", "columns", "rows"}``, printed after the first), `notes` (lines printed under the tables),
+`command` (the command line that ran the benchmark) and `config`; everything in it goes into the JSON
+unchanged.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ __all__ = [
     "CpuSnapshot",
     "cpu_snapshot",
     "format_value",
+    "invoked_command",
     "load_average",
     "machine_info",
     "markdown_table",
@@ -51,10 +54,13 @@ def machine_info(threads: int | None = None) -> dict[str, Any]:
         "platform": platform.platform(),
         "machine": platform.machine(),
         "processor": platform.processor() or _cpu_model(),
+        "cpu_model": _cpu_model(),
+        "simd": _simd_flags(),
         "cpu_count": os.cpu_count(),
         "cpu_usable": usable,
         "threads": threads,
         "torch_threads": torch.get_num_threads(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "python": platform.python_version(),
         "edgeclip": edgeclip.__version__,
         "torch": torch.__version__,
@@ -119,15 +125,17 @@ def other_cpu_load(start: CpuSnapshot | None, end: CpuSnapshot | None) -> float 
 
 
 def _cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo where there is one (Linux), else ''."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
+    """The CPU's model (/proc/cpuinfo ``model name``, or the decoded Arm ``CPU part``, or lscpu's), else ''."""
+    from edgeclip.kernels.cpu_info import cpu_model
+
+    return cpu_model()
+
+
+def _simd_flags() -> list[str]:
+    """The SIMD-relevant flags of this CPU (x86 sse4_2 … avx512_*, amx_*; Arm asimd, asimddp, i8mm, sve, …)."""
+    from edgeclip.kernels.cpu_info import simd_flags
+
+    return simd_flags()
 
 
 def format_value(value: Any) -> str:
@@ -191,7 +199,9 @@ def render_markdown(results: dict[str, Any], name: str, machine: dict[str, Any])
     """The Markdown page for `results`: title, machine line, table, notes."""
     title = results.get("title") or name
     m = machine
-    cpu = f"{m.get('processor') or m.get('machine')}, {m.get('cpu_usable')}/{m.get('cpu_count')} CPUs usable"
+    simd = f" ({' '.join(m['simd'])})" if m.get("simd") else ""
+    cpu = (f"{m.get('cpu_model') or m.get('processor') or m.get('machine')}{simd}, "
+           f"{m.get('cpu_usable')}/{m.get('cpu_count')} CPUs usable")
     gpu = f", {m['cuda_device']}" if m.get("cuda_device") else ""
     libs = f"torch {m.get('torch')}, onnxruntime {m.get('onnxruntime')}; load {m.get('load_avg_1m')}"
     lines = [f"# {title}", "",
@@ -199,9 +209,40 @@ def render_markdown(results: dict[str, Any], name: str, machine: dict[str, Any])
     rows = results.get("rows", [])
     cols = _columns(results)
     lines.append(markdown_table(rows, cols) if rows and cols else "_no rows_\n")
+    for table in results.get("tables", []):  # further tables: {"title", "columns", "rows"}
+        lines += [f"## {table['title']}", ""]
+        lines.append(markdown_table(table["rows"], table["columns"]) if table["rows"] else "_no rows_\n")
     for note in results.get("notes", []):
         lines.append(f"- {note}")
+    if results.get("command"):
+        lines += ["", f"Command: `{results['command']}`"]
     return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def invoked_command(argv: Sequence[str] | None = None) -> str | None:
+    """The command line that started this process, as typed, when it is an edgeclip command: ``edgeclip ...``
+    (the console script, or ``python -m edgeclip.cli``) or ``python -m edgeclip.<module> ...`` (a module of the
+    package run as a script); None otherwise (a library call from another program, a test run). `argv` defaults
+    to `sys.argv`."""
+    import shlex
+    import sys
+
+    argv = list(sys.argv if argv is None else argv)
+    if not argv or not argv[0]:
+        return None
+    script = Path(argv[0])
+    if script.name == "edgeclip":
+        return shlex.join(["edgeclip", *argv[1:]])
+    try:
+        rel = script.resolve().relative_to(Path(__file__).resolve().parents[1])
+    except ValueError:
+        return None
+    if rel.suffix != ".py":
+        return None
+    module = ".".join(("edgeclip", *rel.with_suffix("").parts))
+    if module in ("edgeclip.cli", "edgeclip.__main__"):
+        return shlex.join(["edgeclip", *argv[1:]])
+    return shlex.join(["python", "-m", module, *argv[1:]])
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -244,17 +285,21 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
-def write_report(results: dict[str, Any], out_dir: Path, name: str) -> dict[str, Path]:
-    """Write `out_dir/name.json` (results plus `machine`) and `out_dir/name.md`, each atomically.
+def write_report(results: dict[str, Any], out_dir: Path, name: str, *, command: str | None = None) -> dict[str, Path]:
+    """Write `out_dir/name.json` (results plus `machine` and `command`) and `out_dir/name.md`, each atomically.
 
     The machine info is `results["machine"]` when the benchmark recorded it, else taken now (with
-    `results["config"]["threads"]` when present). Returns `{"json": path, "md": path}`.
+    `results["config"]["threads"]` when present). `command` is the command line that ran the benchmark as typed
+    (``edgeclip bench ...``); without it `results["command"]` is kept, else `invoked_command()` (None for a
+    library call). Returns `{"json": path, "md": path}`.
     """
     if not name or "/" in name or name.startswith("."):
         raise ValueError(f"report name must be a plain file stem, got {name!r}")
     out_dir = Path(out_dir).expanduser()
     out_dir.mkdir(parents=True, exist_ok=True)
     machine = results.get("machine") or machine_info((results.get("config") or {}).get("threads"))
+    command = command if command is not None else results.get("command") or invoked_command()
+    results = {**results, "command": command}
     payload = {"name": name, **results, "machine": machine}
     payload = _finite(json.loads(json.dumps(payload, default=_json_default)))
     text = json.dumps(payload, indent=2, allow_nan=False) + "\n"

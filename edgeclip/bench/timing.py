@@ -1,7 +1,8 @@
 """Wall-clock timing with warm-up, synchronisation, repeats and percentiles.
 
 `measure` times a zero-argument callable with `time.perf_counter`; `measure_interleaved` times
-several doing the same work round-robin, so they share the machine's drift; `ratio_with_spread`
+several doing the same work round-robin, so they share the machine's drift; `paired_calls` does the same
+for slow calls (one call per function per round, each with its peak memory and result); `ratio_with_spread`
 compares two measurements (e.g. PyTorch eager against ONNX Runtime) and says how much the ratio can
 be trusted.
 """
@@ -16,7 +17,17 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["TimingStats", "check_device_threads", "is_cuda", "measure", "measure_interleaved", "ratio_with_spread"]
+__all__ = [
+    "RATIO_NOTE",
+    "PairedCalls",
+    "TimingStats",
+    "check_device_threads",
+    "is_cuda",
+    "measure",
+    "measure_interleaved",
+    "paired_calls",
+    "ratio_with_spread",
+]
 
 
 @dataclass(frozen=True)
@@ -205,15 +216,23 @@ def _thin(x: np.ndarray) -> np.ndarray:
     return np.quantile(x, np.linspace(0.0, 1.0, _MAX_PAIR_SIDE))
 
 
+RATIO_NOTE = ("speedup is the median of the per-round ratios of the two times (a round times both, round-robin; "
+              "unpaired runs: every pair of calls) and speedup_lo–speedup_hi are their 10th–90th percentiles, so the "
+              "point always lies inside its range (ratio_of_medians in the JSON: the ratio of the two medians)")
+"""How `ratio_with_spread`'s figures are defined, for a report's notes."""
+
+
 def ratio_with_spread(a: TimingStats, b: TimingStats, *, paired: bool = False) -> dict[str, float]:
     """How many times slower `b` is than `a` (so `ratio_with_spread(ort, torch)` is ORT's speedup).
 
     Returned keys:
 
-    - `ratio`: `b.median_ms / a.median_ms`, the number to quote;
-    - `ratio_p90`: `b.p90_ms / a.p90_ms`, the ratio of the slow tails;
-    - `ratio_lo`, `ratio_hi`: 10th and 90th percentiles of per-call ratios. A range that straddles
-      1.0 means the two are not clearly different on this machine.
+    - `ratio`: the median of the per-call ratios `b / a` (below), the number to quote;
+    - `ratio_lo`, `ratio_hi`: the 10th and 90th percentiles of the same ratios. The point is a median of the
+      ratios the range is taken over, so it always lies inside the range; a range that straddles 1.0 means
+      the two are not clearly different on this machine;
+    - `ratio_of_medians`: `b.median_ms / a.median_ms` (close to `ratio`, but not bound to lie in the range);
+    - `ratio_p90`: `b.p90_ms / a.p90_ms`, the ratio of the slow tails.
 
     The per-call ratios are, with `paired=True` (samples taken round-robin by `measure_interleaved`,
     same count), `b_i / a_i` for each round i: machine drift cancels within a pair. Otherwise the two
@@ -231,9 +250,56 @@ def ratio_with_spread(a: TimingStats, b: TimingStats, *, paired: bool = False) -
         ratios = sb / sa  # (n,)
     else:
         ratios = (_thin(sb)[None, :] / _thin(sa)[:, None]).ravel()  # (n_a * n_b,)
-    lo, hi = np.percentile(ratios, [10, 90])
-    return {"ratio": b.median_ms / a.median_ms, "ratio_p90": b.p90_ms / a.p90_ms,
-            "ratio_lo": float(lo), "ratio_hi": float(hi)}
+    lo, mid, hi = np.percentile(ratios, [10, 50, 90])
+    return {"ratio": float(mid), "ratio_lo": float(lo), "ratio_hi": float(hi),
+            "ratio_of_medians": b.median_ms / a.median_ms, "ratio_p90": b.p90_ms / a.p90_ms}
+
+
+@dataclass
+class PairedCalls:
+    """What `paired_calls` measured: per label, the times, the peak memory of every call and its results."""
+
+    stats: dict[str, TimingStats]
+    peaks_mb: dict[str, list[float]]
+    results: dict[str, list[Any]] = field(default_factory=dict)
+
+
+def paired_calls(fns: Mapping[str, Callable[[int], Any]], rounds: int, *, memory: Any,
+                 sync: Callable[[], Any] | None, max_time: float | None = None, min_rounds: int = 1,
+                 after_call: Callable[[str, int, Any], None] | None = None,
+                 tick: Callable[[], None] | None = None) -> PairedCalls:
+    """Round i calls every function with i, in turn (the order reversed on odd rounds, so neither always goes
+    first), each call timed alone: `memory.start()` (a `PeakMemory`: heap trimmed, memory mark reset),
+    `SETTLE_S` of sleep (the previous call's worker threads go quiet), clock, call, clock, `memory.stop()`.
+    Stops after `rounds` rounds, or once the slowest function has `max_time` seconds of timed calls and
+    `min_rounds` rounds are done. `after_call(label, i, result)` runs untimed after each call."""
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    peaks: dict[str, list[float]] = {k: [] for k in fns}
+    results: dict[str, list[Any]] = {k: [] for k in fns}
+    totals = dict.fromkeys(fns, 0.0)
+    order = list(fns)
+    for i in range(rounds):
+        for label in (order if i % 2 == 0 else order[::-1]):
+            memory.start()
+            time.sleep(SETTLE_S)
+            if sync is not None:
+                sync()
+            t0 = time.perf_counter()
+            out = fns[label](i)
+            if sync is not None:
+                sync()
+            dt = time.perf_counter() - t0
+            peaks[label].append(memory.stop())
+            samples[label].append(dt * 1e3)
+            results[label].append(out)
+            totals[label] += dt
+            if after_call is not None:
+                after_call(label, i, out)
+        if tick is not None:
+            tick()
+        if max_time is not None and max(totals.values()) >= max_time and i + 1 >= min_rounds:
+            break
+    return PairedCalls({k: TimingStats.from_samples(v) for k, v in samples.items()}, peaks, results)
 
 
 def is_cuda(device: str) -> bool:

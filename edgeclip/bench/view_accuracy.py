@@ -22,7 +22,7 @@ from edgeclip.bench.peers.tpt_views import tv2_views
 from edgeclip.data import shapes
 from edgeclip.data.streams import EVAL_SEED, held_out
 from edgeclip.kernels.view_boxes import sample_boxes
-from edgeclip.runtime.methods import TPT
+from edgeclip.runtime.methods import TPT, create_method
 from edgeclip.runtime.methods.frames import ViewFn
 from edgeclip.runtime.model import EdgeClip, load
 
@@ -78,7 +78,7 @@ def tpt_view_accuracy(
         result: dict[str, Any] = {"shift": shift, "n": n}
         preds = {}
         for label, views in (("kernel", None), ("torchvision", torchvision_view_fn(cfg.image_size, cfg.mean, cfg.std))):
-            method = TPT(model, names, seed=seed, views=views)
+            method = create_method("tpt", model, names, seed=seed, view_fn=views)
             t0 = time.perf_counter()
             acc, preds[label] = _accuracy(method, batch.images, labels, 64, bar.update)
             result[f"tpt_{label}"] = 100.0 * acc

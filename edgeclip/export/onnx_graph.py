@@ -16,16 +16,19 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from edgeclip.errors import ExportError
+from edgeclip.runtime.io_spec import IMAGE_ENCODER, MAX_BATCH, PIXELS, TEXT_ENCODER, TOKEN_EMBEDS, GraphSpec
 from edgeclip.runtime.text_tower import TextTower
 
 log = logging.getLogger(__name__)
 
 OPSET = 18
-MAX_BATCH = 4096
+__all__ = ["MAX_BATCH", "OPSET", "ImageGraph", "TextGraph", "export_image_graph", "export_text_graph", "save_onnx",
+           "store_weights_fp16"]
 
 
 class ImageGraph(nn.Module):
-    """pixels [B,3,S,S] (normalised) -> image_embeds [B,D] (not normalised)."""
+    """`IMAGE_ENCODER`: pixels [B,3,S,S] (normalised) -> image_embeds [B,D] (not normalised). The forward
+    argument is named as the graph input (`PIXELS`), which `torch.export`'s dynamic shapes are keyed by."""
 
     def __init__(self, visual: nn.Module) -> None:
         super().__init__()
@@ -36,7 +39,8 @@ class ImageGraph(nn.Module):
 
 
 class TextGraph(nn.Module):
-    """token_embeds [N,L,W], eot_index [N] -> text_embeds [N,D]; the causal mask is built for L."""
+    """`TEXT_ENCODER`: token_embeds [N,L,W], eot_index [N] -> text_embeds [N,D]; the causal mask is built for L.
+    The forward arguments are named as the graph inputs."""
 
     def __init__(self, tower: TextTower) -> None:
         super().__init__()
@@ -46,9 +50,8 @@ class TextGraph(nn.Module):
         return self.tower.forward_full(token_embeds, eot_index)
 
 
-def _export(module: nn.Module, args: tuple, path: Path, names_in: list[str], names_out: list[str],
-            dynamic_shapes: dict) -> None:
-    """torch.export-based ONNX export into one self-contained file."""
+def _export(module: nn.Module, args: tuple, path: Path, spec: GraphSpec, dynamic_shapes: dict) -> None:
+    """torch.export-based ONNX export into one self-contained file, inputs and outputs named by `spec`."""
     quiet = io.StringIO()
     for noisy in ("onnx_ir", "onnxscript", "torch.onnx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -61,8 +64,8 @@ def _export(module: nn.Module, args: tuple, path: Path, names_in: list[str], nam
                 args,
                 str(tmp_path),
                 dynamo=True,
-                input_names=names_in,
-                output_names=names_out,
+                input_names=spec.input_names,
+                output_names=spec.output_names,
                 dynamic_shapes=dynamic_shapes,
                 opset_version=OPSET,
                 external_data=True,
@@ -82,23 +85,29 @@ def save_onnx(proto: onnx.ModelProto, path: Path) -> None:
         raise ExportError(f"ONNX checker rejected {path.name}: {exc}") from exc
 
 
+def _dynamic_shapes(spec: GraphSpec, dims: dict[str, torch.export.Dim]) -> dict[str, dict[int, torch.export.Dim]]:
+    """`torch.export` dynamic shapes of `spec`'s inputs: each dynamic axis whose dimension is in `dims`."""
+    return {t.name: {axis: dims[name] for axis, name in t.dynamic.items() if name in dims} for t in spec.inputs}
+
+
 def export_image_graph(visual: nn.Module, image_size: int, path: Path) -> None:
-    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
-    example = (torch.randn(2, 3, image_size, image_size),)
-    _export(ImageGraph(visual).eval(), example, path, ["pixels"], ["image_embeds"], {"pixels": {0: batch}})
+    """Export `visual` as `IMAGE_ENCODER` (dynamic batch) to `path`."""
+    (batch_dim,) = PIXELS.dynamic.values()
+    dims = {batch_dim: torch.export.Dim(batch_dim, min=1, max=MAX_BATCH)}
+    example = (torch.randn(2, 3, image_size, image_size),)  # (B, 3, S, S)
+    _export(ImageGraph(visual).eval(), example, path, IMAGE_ENCODER, _dynamic_shapes(IMAGE_ENCODER, dims))
 
 
 def export_text_graph(tower: TextTower, path: Path) -> None:
-    n = torch.export.Dim("n", min=1, max=MAX_BATCH)
+    """Export `tower` as `TEXT_ENCODER` to `path`: dynamic N, and dynamic L when the tower is causal."""
+    n_dim, seq_dim = TOKEN_EMBEDS.dynamic[0], TOKEN_EMBEDS.dynamic[1]
     ctx = tower.context_length
     length = min(ctx, 9) if tower.causal else ctx
-    example = (torch.randn(3, length, tower.width), torch.tensor([length - 1, 1, length // 2]))
-    if tower.causal:
-        seq = torch.export.Dim("seq", min=2, max=ctx)
-        shapes = {"token_embeds": {0: n, 1: seq}, "eot_index": {0: n}}
-    else:
-        shapes = {"token_embeds": {0: n}, "eot_index": {0: n}}
-    _export(TextGraph(tower).eval(), example, path, ["token_embeds", "eot_index"], ["text_embeds"], shapes)
+    example = (torch.randn(3, length, tower.width), torch.tensor([length - 1, 1, length // 2]))  # (N, L, W), (N,)
+    dims = {n_dim: torch.export.Dim(n_dim, min=1, max=MAX_BATCH)}
+    if tower.causal:  # a bidirectional tower always runs the full context: L stays fixed
+        dims[seq_dim] = torch.export.Dim(seq_dim, min=2, max=ctx)
+    _export(TextGraph(tower).eval(), example, path, TEXT_ENCODER, _dynamic_shapes(TEXT_ENCODER, dims))
 
 
 def store_weights_fp16(path: Path, min_elements: int = 1024) -> None:

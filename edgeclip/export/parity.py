@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgeclip.runtime.io_spec import EOT_INDEX, PIXELS, TOKEN_EMBEDS
 from edgeclip.runtime.text_tower import TextTower
 from edgeclip.runtime.tokenizer import Tokenizer
 
@@ -59,6 +60,12 @@ def parity_inputs(tower: TextTower, tokenizer: Tokenizer, seed: int = 0) -> tupl
     return torch.cat([emb, rnd]), torch.cat([eot, rnd_eot])
 
 
+def _text_feeds(token_embeds: torch.Tensor, eot_index: torch.Tensor) -> dict[str, np.ndarray]:
+    """The text graph's inputs, by name and dtype (`TOKEN_EMBEDS`, `EOT_INDEX`)."""
+    return {TOKEN_EMBEDS.name: token_embeds.numpy().astype(TOKEN_EMBEDS.np_dtype, copy=False),
+            EOT_INDEX.name: eot_index.numpy().astype(EOT_INDEX.np_dtype, copy=False)}
+
+
 @torch.no_grad()
 def check_parity(
     visual: nn.Module,
@@ -73,18 +80,18 @@ def check_parity(
     g = torch.Generator().manual_seed(seed)
     pixels = torch.randn(3, 3, image_size, image_size, generator=g)
     ref_img = visual(pixels).numpy()
-    out_img = _session(image_onnx).run(None, {"pixels": pixels.numpy()})[0]
+    out_img = _session(image_onnx).run(None, {PIXELS.name: pixels.numpy()})[0]
 
     tok, eot = parity_inputs(tower, tokenizer, seed)
     ref_txt = tower.forward_full(tok, eot).numpy()
     sess = _session(text_onnx)
-    out_txt = sess.run(None, {"token_embeds": tok.numpy(), "eot_index": eot.numpy()})[0]
+    out_txt = sess.run(None, _text_feeds(tok, eot))[0]
     trunc_err = 0.0
     if tower.causal:
         # the graph must also accept a shorter sequence; check it against PyTorch there
         keep = int(eot[: len(PARITY_PROMPTS)].max()) + 1
         short_tok, short_eot = tok[: len(PARITY_PROMPTS), :keep], eot[: len(PARITY_PROMPTS)]
-        out_short = sess.run(None, {"token_embeds": short_tok.numpy(), "eot_index": short_eot.numpy()})[0]
+        out_short = sess.run(None, _text_feeds(short_tok, short_eot))[0]
         ref_short = tower.forward_full(short_tok, short_eot).numpy()
         out_txt = np.concatenate([out_txt, out_short])
         ref_txt = np.concatenate([ref_txt, ref_short])

@@ -15,37 +15,43 @@ import torch
 from torch import nn
 
 from edgeclip.errors import InputError
+from edgeclip.runtime.io_spec import EOT_INDEX, IMAGE_EMBEDS, PIXELS, TEXT_EMBEDS, TOKEN_EMBEDS
 
 log = logging.getLogger(__name__)
 
 
+_TORCH_DTYPES = {"float32": torch.float32, "int64": torch.int64}
+
+
 def check_pixels(pixels: torch.Tensor, image_size: int) -> None:
-    """Validate a pixel batch [B,3,S,S] before it reaches a backend."""
+    """Validate a pixel batch `PIXELS` [B,3,S,S] before it reaches a backend."""
+    name = PIXELS.name
     if not isinstance(pixels, torch.Tensor):
-        raise InputError(f"pixels must be a torch.Tensor, got {type(pixels).__name__}")
+        raise InputError(f"{name} must be a torch.Tensor, got {type(pixels).__name__}")
     if pixels.dim() != 4 or pixels.shape[1] != 3 or tuple(pixels.shape[2:]) != (image_size, image_size):
         raise InputError(
-            f"image encoder expects pixels of shape [B, 3, {image_size}, {image_size}], got {list(pixels.shape)}"
+            f"image encoder expects {name} of shape [B, 3, {image_size}, {image_size}], got {list(pixels.shape)}"
         )
     if pixels.shape[0] == 0:
         raise InputError("image encoder got an empty batch (B = 0)")
     if not pixels.is_floating_point():
-        raise InputError(f"pixels must be floating point (normalised), got {pixels.dtype}")
+        raise InputError(f"{name} must be floating point (normalised), got {pixels.dtype}")
     if not torch.isfinite(pixels).all():
-        raise InputError("pixels contain NaN or Inf values")
+        raise InputError(f"{name} contain NaN or Inf values")
 
 
 def check_text_inputs(token_embeds: torch.Tensor, eot_index: torch.Tensor, width: int, context: int) -> None:
+    """Validate `TOKEN_EMBEDS` [N,L<=context,W] and `EOT_INDEX` [N] before they reach a backend."""
     if token_embeds.dim() != 3 or token_embeds.shape[2] != width or token_embeds.shape[1] > context:
-        raise InputError(f"token_embeds must be [N, L<={context}, {width}], got {list(token_embeds.shape)}")
+        raise InputError(f"{TOKEN_EMBEDS.name} must be [N, L<={context}, {width}], got {list(token_embeds.shape)}")
     if eot_index.shape != (token_embeds.shape[0],):
-        raise InputError(f"eot_index must be [{token_embeds.shape[0]}], got {list(eot_index.shape)}")
+        raise InputError(f"{EOT_INDEX.name} must be [{token_embeds.shape[0]}], got {list(eot_index.shape)}")
     if not torch.isfinite(token_embeds).all():
-        raise InputError("token_embeds contain NaN or Inf values")
+        raise InputError(f"{TOKEN_EMBEDS.name} contain NaN or Inf values")
 
 
 class ImageEncoder(ABC):
-    """pixels [B,3,S,S] normalised -> image_embeds [B,D] (not normalised)."""
+    """`PIXELS` [B,3,S,S] normalised -> `IMAGE_EMBEDS` [B,D] (not normalised)."""
 
     backend = "base"
 
@@ -103,13 +109,13 @@ class OrtImageEncoder(ImageEncoder):
         self.embed_dim = embed_dim
 
     def _run(self, pixels: torch.Tensor) -> torch.Tensor:
-        pixels = pixels.to(self.device, torch.float32)
-        return _ort_run(self.session, {"pixels": pixels}, "image_embeds",
+        pixels = pixels.to(self.device, _TORCH_DTYPES[PIXELS.dtype])
+        return _ort_run(self.session, {PIXELS.name: pixels}, IMAGE_EMBEDS.name,
                         (pixels.shape[0], self.embed_dim), self.device)
 
 
 class TextEncoder(ABC):
-    """token_embeds [N,L,W] + eot_index [N] -> text_embeds [N,D], no gradient."""
+    """`TOKEN_EMBEDS` [N,L,W] + `EOT_INDEX` [N] -> `TEXT_EMBEDS` [N,D], no gradient."""
 
     backend = "base"
 
@@ -156,6 +162,6 @@ class OrtTextEncoder(TextEncoder):
                 f"this text encoder is bidirectional: it needs all {self.context} tokens, "
                 f"got {token_embeds.shape[1]}"
             )
-        feeds = {"token_embeds": token_embeds.to(self.device, torch.float32),
-                 "eot_index": eot_index.to(self.device, torch.int64)}
-        return _ort_run(self.session, feeds, "text_embeds", (token_embeds.shape[0], self.embed_dim), self.device)
+        feeds = {TOKEN_EMBEDS.name: token_embeds.to(self.device, _TORCH_DTYPES[TOKEN_EMBEDS.dtype]),
+                 EOT_INDEX.name: eot_index.to(self.device, _TORCH_DTYPES[EOT_INDEX.dtype])}
+        return _ort_run(self.session, feeds, TEXT_EMBEDS.name, (token_embeds.shape[0], self.embed_dim), self.device)

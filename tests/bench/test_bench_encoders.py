@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -60,7 +61,7 @@ def test_ratio_with_spread() -> None:
     assert r["ratio_lo"] <= r["ratio"] <= r["ratio_hi"]
     assert r["ratio_p90"] == pytest.approx(b.p90_ms)
     same = ratio_with_spread(a, a)
-    assert same == {"ratio": 1.0, "ratio_p90": 1.0, "ratio_lo": 1.0, "ratio_hi": 1.0}
+    assert same == {"ratio": 1.0, "ratio_p90": 1.0, "ratio_lo": 1.0, "ratio_hi": 1.0, "ratio_of_medians": 1.0}
     with pytest.raises(ValueError):
         TimingStats.from_samples([])
 
@@ -203,23 +204,59 @@ def test_measure_interleaved_round_robin() -> None:
     assert len(calls) == 3
 
 
-def test_out_of_memory_becomes_an_error_row() -> None:
-    from edgeclip.bench.encoders import BackendSpec, _Case, _time_case
+def _case(make_fn: Any, batch: int = 4) -> Any:
+    """A two-backend image case whose calls come from `make_fn(batch) -> fn`."""
+    from edgeclip.bench.encoders import _Case
 
-    def oom() -> None:
-        raise MemoryError("no room")
+    labels = ["torch", f"onnxruntime:{CPU_EP}"]
+    return _Case("image", batch, labels, lambda n: (None, {label: make_fn(label, n) for label in labels}))
 
-    specs = {"torch": BackendSpec("torch", None, "cpu"),
-             f"onnxruntime:{CPU_EP}": BackendSpec("onnxruntime", CPU_EP, "cpu")}
-    case = _Case("image", 4, None, {"torch": _work, f"onnxruntime:{CPU_EP}": oom})
-    rows, stats, paired = _time_case(case, specs, warmup=0, repeats=2, time_budget_s=1.0)
-    assert not paired and set(stats) == {"torch"}
-    ok, bad = rows
-    assert ok["error"] is None and ok["median_ms"] > 0
-    assert bad["median_ms"] is None and "out of memory" in bad["error"]
-    case = _Case("image", 4, None, {"torch": lambda: 1 / 0})
+
+def _specs() -> dict[str, Any]:
+    from edgeclip.bench.encoders import BackendSpec
+
+    return {"torch": BackendSpec("torch", None, "cpu"),
+            f"onnxruntime:{CPU_EP}": BackendSpec("onnxruntime", CPU_EP, "cpu")}
+
+
+def test_out_of_memory_retries_once_at_half_the_batch() -> None:
+    from edgeclip.bench.encoders import _time_case
+
+    asked: list[tuple[str, int]] = []
+
+    def make(label: str, n: int) -> Any:
+        asked.append((label, n))
+
+        def call() -> None:
+            if label != "torch" and n > 2:
+                raise MemoryError("no room")
+            _work()
+        return call
+
+    rows, stats, paired = _time_case(_case(make), _specs(), warmup=0, repeats=2, time_budget_s=1.0)
+    assert paired and set(stats) == {"torch", f"onnxruntime:{CPU_EP}"}
+    assert sorted({n for _, n in asked}) == [2, 4]  # built at 4, then once more at 2
+    for r in rows:
+        assert r["batch"] == 2 and r["requested_batch"] == 4 and r["error"] is None and r["median_ms"] > 0
+        assert "batch 4" in r["oom_retry"] and "no room" in r["oom_retry"]
+
+
+def test_out_of_memory_twice_becomes_error_rows() -> None:
+    from edgeclip.bench.encoders import _time_case
+
+    def make(label: str, n: int) -> Any:
+        def call() -> None:
+            if label != "torch":
+                raise MemoryError("no room")
+        return call
+
+    rows, stats, _ = _time_case(_case(make), _specs(), warmup=0, repeats=2, time_budget_s=1.0)
+    assert stats == {}
+    for r in rows:
+        assert r["median_ms"] is None and r["batch"] == 4 and r["requested_batch"] == 4
+        assert r["error"].startswith("out of memory") and "batch 4" in r["error"] and "batch 2" in r["error"]
     with pytest.raises(ZeroDivisionError):  # anything else is a bug, not a measurement
-        _time_case(case, specs, warmup=0, repeats=2, time_budget_s=1.0)
+        _time_case(_case(lambda label, n: lambda: 1 / 0), _specs(), warmup=0, repeats=2, time_budget_s=1.0)
 
 
 @pytest.mark.skipif(not HAS_ORT, reason="onnxruntime is not installed")

@@ -12,12 +12,14 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
 from edgeclip.bench import bench_tta
 from edgeclip.bench.memory import PeakMemory
-from edgeclip.bench.tta import METHODS, PARTS, REF_SUBSET, _paired_calls
+from edgeclip.bench.timing import paired_calls
+from edgeclip.bench.tta import METHODS, PARTS, REF_SUBSET
 from edgeclip.cli import main
 from edgeclip.errors import InputError
 
@@ -61,7 +63,36 @@ def test_accuracy_part(run: tuple[dict[str, Any], Path]) -> None:
     cfg = res["config"]
     assert cfg["n_reference"] == 2 and cfg["prototypes"]["kind"] == "images" and cfg["memory_method"]
     assert set(res["goals"]) == {"promptsync > tpt", "tpt >= zero-shot", "promptsync-online > promptsync"}
+    for goal in res["goals"].values():
+        assert goal["verdict"] in ("beats", "no significant difference", "worse")
+        assert goal["lo"] <= goal["hi"] and isinstance(goal["met"], bool)
     assert res["machine"]["threads"] == 1
+
+
+def test_accuracy_part_paired_differences(run: tuple[dict[str, Any], Path]) -> None:
+    res = run[0]["parts"]["accuracy"]
+    comps = {(c["stream"], c["method"], c["baseline"]): c for c in res["comparisons"]}
+    for stream in ("held-out", "imbalanced"):
+        assert (stream, "tpt", "zero-shot") in comps and (stream, "promptsync", "tpt") in comps
+        assert (stream, "promptsync-online", "promptsync") in comps and (stream, REF_SUBSET, "tpt-reference") in comps
+        assert (stream, "tpt-reference", "zero-shot") not in comps  # not the same frames
+    details = {(d["stream"], d["shift"], d["method"]): d for d in res["details"]}
+    shifts = ("clean", "blur")
+    for (stream, method, baseline), c in comps.items():
+        if stream != "held-out" or method == REF_SUBSET:
+            continue
+        assert list(c["by_shift"]) == [*shifts, "mean"] and c["n"] == 4
+        diffs = []
+        for s in shifts:  # the point is the difference of the per-frame correctness kept in the details
+            a = np.array(details[(stream, s, method)]["correct"], dtype=float)
+            b = np.array(details[(stream, s, baseline)]["correct"], dtype=float)
+            d = c["by_shift"][s]
+            assert d["diff"] == pytest.approx(100 * (a.mean() - b.mean()))
+            assert d["lo"] <= d["hi"] and d["significant"] == (d["lo"] > 0 or d["hi"] < 0)
+            diffs.append(d["diff"])
+        assert c["by_shift"]["mean"]["diff"] == pytest.approx(np.mean(diffs))
+    md = Path(run[0]["files"]["accuracy"]["md"]).read_text()
+    assert "## Paired differences in accuracy" in md and "goals (held-out mean, paired 95 % bootstrap" in md
 
 
 def test_speed_part_same_views_agree(run: tuple[dict[str, Any], Path]) -> None:
@@ -75,7 +106,8 @@ def test_speed_part_same_views_agree(run: tuple[dict[str, Any], Path]) -> None:
                     "reference_peak_mb"):
             assert _finite(r[key]) and r[key] >= 0, key
         assert r["reference_tokens"] == 77 and r["tokens"] < 77
-        assert r["speedup"] == pytest.approx(r["reference_ms"] / r["edgeclip_ms"])
+        assert r["speedup"] == pytest.approx(r["reference_ms"] / r["edgeclip_ms"])  # one image: one ratio
+        assert r["speedup_lo"] <= r["speedup"] <= r["speedup_hi"]
         # on the reference's own views, edgeclip's TPT gives the reference's prediction
         assert r["agree_same_views"] == 1.0 and r["max_prob_diff_same_views"] < 1e-3
         assert 0.0 <= r["agree_own_views"] <= 1.0
@@ -91,7 +123,10 @@ def test_text_stress_part(run: tuple[dict[str, Any], Path]) -> None:
     for edge, ref in zip(rows[::2], rows[1::2], strict=True):
         assert edge["tokens"] < ref["tokens"] == 77
         assert edge["speedup"] is None and _finite(ref["speedup"])
-        assert ref["speedup"] == pytest.approx(ref["median_ms"] / edge["median_ms"])
+        per_round = np.array(ref["samples_ms"]) / np.array(edge["samples_ms"])
+        assert ref["speedup"] == pytest.approx(float(np.median(per_round)))
+        assert ref["speedup_lo"] <= ref["speedup"] <= ref["speedup_hi"]
+        assert ref["speedup_of_medians"] == pytest.approx(ref["median_ms"] / edge["median_ms"])
 
 
 def test_reports_written(run: tuple[dict[str, Any], Path]) -> None:
@@ -104,9 +139,26 @@ def test_reports_written(run: tuple[dict[str, Any], Path]) -> None:
             assert Path(p).is_file() and Path(p).parent == out and Path(p).stat().st_size > 0
         payload = json.loads(Path(paths["json"]).read_text())
         assert payload["rows"] and payload["machine"]["threads"] == 1
+        assert payload["command"] is None  # a library call: nothing was typed
         assert Path(paths["md"]).read_text().startswith("# ")
         if "png" in paths:
             assert Path(paths["png"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_readme_renderers_take_the_reports(run: tuple[dict[str, Any], Path]) -> None:
+    from edgeclip.bench.result_tables import tta_accuracy_table, tta_paired_table, tta_speed_table, tta_text_table
+
+    loaded = {part: json.loads(Path(paths["json"]).read_text()) for part, paths in run[0]["files"].items()}
+    acc = tta_accuracy_table([loaded["accuracy"]]).splitlines()
+    assert acc[0].split("|")[1].strip() == "method" and len(acc) == 2 + len(METHODS) - 1  # no official-loop row
+    assert "imbalanced" in acc[0] and "**" in "".join(acc[2:])  # the best mean is bold
+    paired = tta_paired_table([loaded["accuracy"]]).splitlines()
+    assert len(paired) == 2 + sum(c["stream"] == "held-out" for c in loaded["accuracy"]["comparisons"])
+    assert all(line.count("[") >= 3 for line in paired[2:])  # clean, blur, mean (and imbalanced) intervals
+    speed = tta_speed_table([loaded["speed"]]).splitlines()
+    assert len(speed) == 4 and "micro, 16 (its own class names)" in speed[2] and "100 %" in speed[2]
+    text = tta_text_table([loaded["text-stress"]]).splitlines()
+    assert len(text) == 3 and "micro, 1 thread" in text[2] and "C = 4" in text[0] and "C = 8" in text[0]
 
 
 def test_peak_memory_sees_an_allocation() -> None:
@@ -126,7 +178,7 @@ def test_paired_calls_alternate_and_report() -> None:
     calls: list[tuple[str, int]] = []
     seen: list[tuple[str, int, Any]] = []
     fns = {"a": lambda i: calls.append(("a", i)) or i, "b": lambda i: calls.append(("b", i)) or -i}
-    res = _paired_calls(fns, 3, memory=PeakMemory("cpu"), sync=None,
+    res = paired_calls(fns, 3, memory=PeakMemory("cpu"), sync=None,
                         after_call=lambda label, i, out: seen.append((label, i, out)))
     assert calls == [("a", 0), ("b", 0), ("b", 1), ("a", 1), ("a", 2), ("b", 2)]
     assert res.results == {"a": [0, 1, 2], "b": [0, -1, -2]} and len(seen) == 6

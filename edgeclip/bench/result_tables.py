@@ -1,0 +1,207 @@
+"""Result files -> Markdown tables: one renderer per kind of bench report, as the README shows it.
+
+Each renderer takes the loaded result files of one table (`edgeclip.bench.readme_tables.load_result`: bench
+reports written by `write_report`) and returns a GitHub Markdown table (`markdown_table`), nothing else: the
+source caption and the README markers are `edgeclip.bench.readme_tables`' job.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edgeclip.bench.paired import MEAN
+from edgeclip.bench.report import BUSY_CORES, format_value, markdown_table
+
+__all__ = [
+    "METHOD_NAMES",
+    "SHIFT_NAMES",
+    "encoders_table",
+    "tta_accuracy_table",
+    "tta_paired_table",
+    "tta_speed_table",
+    "tta_text_table",
+    "zero_shot_table",
+]
+
+
+# -- cell formats -----------------------------------------------------------------------------------------
+def _ms(ms: float | None) -> str:
+    if ms is None:
+        return "–"
+    return f"{ms / 1e3:.3g} s" if ms >= 1000 else f"{ms:.3g} ms"
+
+
+def _mb(mb: float | None) -> str:
+    if mb is None:
+        return "–"
+    return f"{mb / 1024:.3g} GB" if mb >= 1024 else f"{mb:.3g} MB"
+
+
+def _ratio(r: dict[str, Any], key: str = "speedup") -> str:
+    """``**13.8×** (12.7–15.2)``: bold when the whole range is above 1, ": slower" when it is below."""
+    point, lo, hi = r.get(key), r.get(f"{key}_lo"), r.get(f"{key}_hi")
+    if point is None:
+        return "–"
+    text = f"{point:.2f}×" if point < 10 else f"{point:.1f}×"
+    if lo is not None and lo > 1.0:
+        text = f"**{text}**"
+    if lo is not None and hi is not None:
+        text += f" ({lo:.2f}–{hi:.2f})" if hi < 10 else f" ({lo:.1f}–{hi:.1f})"
+    if hi is not None and hi < 1.0:
+        text += ": slower"
+    return text
+
+
+SHIFT_NAMES = {"gaussian_noise": "noise", "low_contrast": "low contrast", "textured_background": "textured"}
+METHOD_NAMES = {"zero-shot": "zero-shot", "tpt": "TPT", "promptsync": "PromptSync",
+                "promptsync-online": "PromptSync, online", "zero": "ZERO", "online-prototypes": "online prototypes",
+                "tpt-reference": "official TPT loop", "tpt@reference-frames": "TPT on the official loop's frames"}
+
+
+# -- renderers: result files -> Markdown table --------------------------------------------------------------
+def zero_shot_table(results: list[dict[str, Any]]) -> str:
+    """One row: accuracy per shift, and chance."""
+    (res,) = results
+    rows = res["rows"]
+    row = {r["shift"]: f"{r['accuracy']:.1f}%" for r in rows}
+    row["chance"] = f"{res.get('chance', rows[0].get('chance')):.2f}%"
+    return markdown_table([row], [*(r["shift"] for r in rows), "chance"])
+
+
+def encoders_table(results: list[dict[str, Any]]) -> str:
+    """Per encoder and batch: PyTorch eager and each ONNX Runtime provider's median, and the ORT speedup."""
+    (res,) = results
+    rows = res["rows"]
+    torch_ms = {(r["encoder"], r.get("requested_batch", r["batch"])): r["median_ms"] for r in rows
+                if r["backend"] == "torch"}
+    out = []
+    for r in rows:
+        if r["backend"] == "torch":
+            continue
+        key = (r["encoder"], r.get("requested_batch", r["batch"]))
+        batch = str(key[1]) if r["batch"] == key[1] else f"{key[1]} (ran at {r['batch']}: out of memory)"
+        out.append({"encoder": r["encoder"], "batch": batch, "tokens": r.get("tokens"),
+                    "PyTorch eager": _ms(torch_ms.get(key)),
+                    f"ONNX Runtime ({(r.get('provider') or '').replace('ExecutionProvider', '')})": _ms(r["median_ms"]),
+                    "ORT speedup": _ratio(r) if r.get("error") is None else r["error"]})
+    cols = list(dict.fromkeys(k for r in out for k in r))
+    return markdown_table(out, cols)
+
+
+def _bundle_label(row: dict[str, Any]) -> str:
+    model = str(row.get("model") or row.get("bundle"))
+    return "micro" if row.get("bundle") == "micro" else model
+
+
+def tta_speed_table(results: list[dict[str, Any]]) -> str:
+    """Per bundle and class count: edgeclip's TPT, the official loop, the speedup and both peaks."""
+    out = []
+    for res in results:
+        for r in res["rows"]:
+            classes = f"{r['classes']} (its own class names)" if r.get("names") == "shapes" else str(r["classes"])
+            if r.get("error"):
+                out.append({"bundle, classes": f"{_bundle_label(r)}, {classes}", "speedup": r["error"]})
+                continue
+            out.append({"bundle, classes": f"{_bundle_label(r)}, {classes}", "edgeclip TPT": _ms(r["edgeclip_ms"]),
+                        "official loop": _ms(r["reference_ms"]), "speedup": _ratio(r),
+                        "peak memory (edgeclip / official)":
+                            f"{_mb(r['edgeclip_peak_mb'])} / {_mb(r['reference_peak_mb'])}",
+                        "same prediction on the same views": f"{100 * r['agree_same_views']:.0f} %"})
+    return markdown_table(out, ["bundle, classes", "edgeclip TPT", "official loop", "speedup",
+                                "peak memory (edgeclip / official)", "same prediction on the same views"])
+
+
+def tta_text_table(results: list[dict[str, Any]]) -> str:
+    """Per bundle (and run): the speedup of one text-path TPT step at each C, and the peaks at the largest C."""
+    series: dict[str, dict[int, dict[str, Any]]] = {}
+    for res in results:
+        threads = res["machine"].get("threads") or res.get("config", {}).get("threads")
+        busy = max((r.get("other_load") or 0.0 for r in res["rows"]), default=0.0) > BUSY_CORES
+        for r in res["rows"]:
+            if r.get("impl") == "edgeclip (truncated)":
+                continue
+            label = (f"{_bundle_label(r)}, {threads} thread{'s' if threads != 1 else ''}" if threads
+                     else _bundle_label(r)) + (", busy machine" if busy else "")
+            series.setdefault(label, {})[r["classes"]] = r
+    edge = {(r["bundle"], r["classes"]): r for res in results for r in res["rows"]
+            if r.get("impl") == "edgeclip (truncated)"}
+    cs = sorted({c for by_c in series.values() for c in by_c})
+    out = []
+    for label, by_c in series.items():
+        row: dict[str, Any] = {"text tower": label}
+        for c in cs:
+            r = by_c.get(c)
+            if r is None:
+                row[f"C = {c}"] = "–"
+            elif r.get("error"):
+                row[f"C = {c}"] = r["error"]
+            else:
+                e = edge.get((r["bundle"], c), {})
+                row[f"C = {c}"] = f"{_ratio(r)}: {_ms(e.get('median_ms'))} / {_ms(r['median_ms'])}"
+        top = max(c for c, r in by_c.items() if not r.get("error")) if any(
+            not r.get("error") for r in by_c.values()) else None
+        if top is not None:
+            e = edge.get((by_c[top]["bundle"], top), {})
+            row["peak memory at the largest C (edgeclip / full)"] = (
+                f"{_mb(e.get('peak_mb'))} / {_mb(by_c[top]['peak_mb'])} (C = {top})")
+        out.append(row)
+    return markdown_table(out, ["text tower", *(f"C = {c}" for c in cs),
+                                "peak memory at the largest C (edgeclip / full)"])
+
+
+def _shift_cols(res: dict[str, Any]) -> list[str]:
+    return [c for c in res["columns"] if c not in ("stream", "method", "n", "mean", "median_ms", "p90_ms", "peak_mb",
+                                                   "other_load")]
+
+
+def tta_accuracy_table(results: list[dict[str, Any]]) -> str:
+    """Per method: held-out accuracy per shift and its mean, the imbalanced stream, median ms per frame; the best
+    mean and the best imbalanced figure in bold. The official loop (fewer frames) is left to the paired table."""
+    (res,) = results
+    held = {r["method"]: r for r in res["rows"] if r["stream"] == "held-out"}
+    imb = {r["method"]: r for r in res["rows"] if r["stream"] == "imbalanced"}
+    shifts = [s for s in _shift_cols(res) if s in next(iter(held.values()), {})]
+    methods = [m for m in held if m not in ("tpt-reference", "tpt@reference-frames")]
+    best_mean = max((held[m]["mean"] for m in methods), default=None)
+    best_imb = max((imb[m]["mean"] for m in methods if m in imb), default=None)
+    out = []
+    for m in methods:
+        r = held[m]
+        row: dict[str, Any] = {"method": METHOD_NAMES.get(m, m)}
+        row.update({SHIFT_NAMES.get(s, s): f"{r[s]:.1f}" for s in shifts})
+        row["mean"] = f"**{r['mean']:.1f}**" if r["mean"] == best_mean else f"{r['mean']:.1f}"
+        if m in imb:
+            v = imb[m]["mean"]
+            row["imbalanced"] = f"**{v:.1f}**" if v == best_imb else f"{v:.1f}"
+        row["ms/frame"] = format_value(r["median_ms"])
+        out.append(row)
+    cols = ["method", *(SHIFT_NAMES.get(s, s) for s in shifts), "mean", *(["imbalanced"] if imb else []), "ms/frame"]
+    return markdown_table(out, cols)
+
+
+def tta_paired_table(results: list[dict[str, Any]]) -> str:
+    """Paired differences (points, 95 % bootstrap interval over frames) per shift, mean and imbalanced stream;
+    bold where the interval excludes zero."""
+    (res,) = results
+
+    def cell(d: dict[str, Any] | None) -> str:
+        if d is None:
+            return "–"
+        text = f"{d['diff']:+.1f} [{d['lo']:+.1f}, {d['hi']:+.1f}]"
+        return f"**{text}**" if d["significant"] else text
+
+    imb = {(c["method"], c["baseline"]): c for c in res.get("comparisons", []) if c["stream"] == "imbalanced"}
+    out, shifts = [], []
+    for c in res.get("comparisons", []):
+        if c["stream"] != "held-out":
+            continue
+        shifts = [s for s in c["by_shift"] if s != MEAN]
+        row: dict[str, Any] = {"method": METHOD_NAMES.get(c["method"], c["method"]),
+                               "vs": METHOD_NAMES.get(c["baseline"], c["baseline"]), "frames": c["n"]}
+        row.update({SHIFT_NAMES.get(s, s): cell(c["by_shift"][s]) for s in shifts})
+        row["mean"] = cell(c["by_shift"][MEAN])
+        other = imb.get((c["method"], c["baseline"]))
+        row["imbalanced"] = cell(other["by_shift"][MEAN]) if other else "–"
+        out.append(row)
+    return markdown_table(out, ["method", "vs", "frames", *(SHIFT_NAMES.get(s, s) for s in shifts), "mean",
+                                "imbalanced"])
