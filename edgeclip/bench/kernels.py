@@ -33,7 +33,9 @@ from edgeclip.bench.peers import pil_views, torch_similarity_selection, tv2_view
 from edgeclip.bench.report import add_busy_note, cpu_snapshot, machine_info, other_cpu_load, positive_ints
 from edgeclip.bench.timing import TimingStats, check_device_threads, is_cuda, measure_interleaved, ratio_with_spread
 from edgeclip.kernels.augment_views import CLIP_STD, augment_views
-from edgeclip.kernels.cosine_logits import cosine_logits, use_triton
+from edgeclip.kernels.cosine_logits import cosine_logits
+from edgeclip.kernels.cpu_views import native_kernel, native_kernel_info
+from edgeclip.kernels.dispatch import triton_available, use_triton
 from edgeclip.kernels.select_confident import select_confident
 from edgeclip.kernels.view_boxes import sample_boxes
 
@@ -79,13 +81,23 @@ class _Case:
 
 
 def _cpu_views_impl() -> str:
-    """Which CPU path `augment_views` takes here: ``native`` (the compiled kernel, built now if need be) or
-    ``torch``; ``cpu`` when `edgeclip.kernels.cpu_views` does not say."""
-    try:
-        from edgeclip.kernels.cpu_views import native_available
-    except ImportError:
-        return "cpu"
-    return "native" if native_available() else "torch"
+    """Which CPU path `augment_views` takes here: ``native[<isa>]`` (the compiled kernel, built now if need be,
+    and the instruction set it was built for, e.g. ``native[avx2]``) or ``torch``."""
+    kernel = native_kernel()
+    return f"native[{kernel.isa}]" if kernel is not None else "torch"
+
+
+def _views_impl(device: str) -> str:
+    """The label of the path `augment_views` takes for a frame on `device`: ``triton`` on CUDA, the CPU path's
+    (`_cpu_views_impl`) elsewhere, and ``<cpu path>+copy`` on CUDA without Triton (views made on the host)."""
+    if not is_cuda(device):
+        return _cpu_views_impl()
+    return "triton" if triton_available() else f"{_cpu_views_impl()}+copy"
+
+
+def _torch_cpu_capability() -> str:
+    """The instruction-set level of PyTorch's own CPU kernels (``ATEN_CPU_CAPABILITY`` lowers it)."""
+    return torch.backends.cpu.get_cpu_capability()
 
 
 def _denormalised_diff(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
@@ -107,7 +119,7 @@ def _augment_case(height: int, width: int, n_views: int, size: int, device: str,
     boxes_cycle = itertools.cycle(pool)
     g_edge = torch.Generator().manual_seed(seed + 2)
     g_pil = torch.Generator().manual_seed(seed + 3)
-    edge_impl = "triton" if is_cuda(device) else _cpu_views_impl()
+    edge_impl = _views_impl(device)
 
     def edge() -> torch.Tensor:
         return augment_views(frame_dev, n_views, size, generator=g_edge)[0]
@@ -227,7 +239,9 @@ def bench_kernels(
 
     Returns:
         ``{"title", "bench", "config", "columns", "rows", "notes", "machine"}``. One row per case and
-        implementation: case, shape, impl (``edgeclip:torch`` / ``edgeclip:triton`` or the peer), device,
+        implementation: case, shape, impl (``edgeclip:native[<isa>]`` (the compiled CPU kernel and the
+        instruction set it was built for, see ``config["native_kernel"]``), ``edgeclip:torch``,
+        ``edgeclip:triton``, ``edgeclip:native[<isa>]+copy`` (CUDA without Triton) or the peer), device,
         frame, n_views, size, classes, dim, n, median_ms, p90_ms, mean_ms, min_ms, speedup / speedup_p90 /
         speedup_lo / speedup_hi (peer rows: the peer's time over edgeclip's, i.e. how many times faster
         edgeclip is, with the 10th–90th percentile of the per-round ratios; None on edgeclip rows),
@@ -277,6 +291,7 @@ def bench_kernels(
               "size": size, "classes": class_list, "dims": dim_list, "warmup": warmup, "repeats": repeats,
               "min_repeats": MIN_REPEATS, "min_time": min_time, "time_budget_s": time_budget_s,
               "logit_scale": LOGIT_SCALE, "rho": RHO, "tv2_box_sets": BOX_POOL, "seed": seed,
+              "native_kernel": native_kernel_info() if "native[" in _views_impl(device) else None,
               "other_load": other_cpu_load(snap_start, cpu_snapshot())}
     notes = [
         "implementations of a case timed round-robin (0.1 s settle before each timed call); on peer rows, "
@@ -298,6 +313,11 @@ def bench_kernels(
         "their mean probability, forward only; edgeclip = cosine_logits + select_confident, the peer the "
         "plain PyTorch sequence; parity = mean / max |Δ log mean prob| (nats), same_index in the JSON.",
     ]
+    native = config["native_kernel"]
+    if native:
+        notes.append(f"edgeclip:native[{native['isa']}]: the C kernel compiled with `{native['flags']}` "
+                     f"({native['vector_floats']} floats per vector; set EDGECLIP_NATIVE_MARCH to build for another "
+                     f"instruction-set level); the peers' torch runs its {_torch_cpu_capability()} kernels.")
     add_busy_note(rows, notes, "absolute times are inflated; round-robin timing shares the slowdown, but ratios "
                   "can still shift")
     where = "CUDA" if is_cuda(device) else "CPU"

@@ -6,28 +6,28 @@ centre crop reads it); views 1..N-1 are random resized crops with TPT's defaults
 ``torchvision.transforms.v2.functional.resized_crop(..., antialias=True)`` does it on the same box.
 
 On CUDA a Triton kernel does crop, resize, flip, normalise and cast in one pass per output pixel. On the
-CPU a batched PyTorch path (`edgeclip.kernels.cpu_views`) does all views in one call, with no Python loop
-over views. Both read the boxes from `edgeclip.kernels.view_boxes`, which returns them too, so any view
-can be reproduced.
+CPU `edgeclip.kernels.cpu_views` does all views in one call, with no Python loop over views (a compiled C
+kernel, or a batched PyTorch path where none can be built). Both read the boxes from
+`edgeclip.kernels.view_boxes`, which returns them too, so any view can be reproduced.
+
+A CUDA frame on a machine without a working Triton takes the CPU path (`impl="auto"`, one warning per
+process): the frame is copied to the host, its views are made there and copied back to the frame's device.
+Same views, slower (two copies plus the CPU kernel); ``impl="triton"`` raises `BackendError` instead.
 """
 
 from __future__ import annotations
-
-import os
 
 import numpy as np
 import torch
 
 from edgeclip.errors import InputError
+from edgeclip.kernels import dispatch
 from edgeclip.kernels.view_boxes import FILTERS, sample_boxes
 
 __all__ = ["CLIP_MEAN", "CLIP_STD", "augment_views", "view_filters"]
 
 CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
-
-_IMPLS = ("auto", "torch", "triton")
-
 
 def view_filters(n_views: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """Filter code per view: bicubic for view 0 (CLIP's own preprocessing), bilinear for the crops (TPT's)."""
@@ -67,16 +67,18 @@ def augment_views(
 
     ``boxes`` (int64 ``top, left, height, width, flip`` per view, on the CPU) are drawn from ``generator``
     unless given, in which case they are resampled as they are (``n_views`` is then ignored). ``impl``
-    forces the PyTorch path (``"torch"``) or the Triton kernel (``"triton"``; CUDA, or Triton's interpreter
-    when ``TRITON_INTERPRET=1``); ``"auto"`` takes Triton on CUDA and PyTorch elsewhere.
+    forces the CPU path (``"torch"``: the compiled kernel, or PyTorch where it cannot be built; a CUDA frame
+    is resampled on the host and its views come back to its device) or the Triton kernel (``"triton"``; CUDA,
+    or Triton's interpreter when ``TRITON_INTERPRET=1``); ``"auto"`` takes Triton on CUDA (the CPU path, with
+    one warning, where Triton is unavailable) and the CPU path elsewhere.
     """
     frame = _as_frame(frame)
     if size < 1:
         raise InputError(f"size must be >= 1, got {size}")
     if dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise InputError(f"views can be float32, float16 or bfloat16, not {dtype}")
-    if impl not in _IMPLS:
-        raise InputError(f"impl must be one of {_IMPLS}, got {impl!r}")
+    if impl not in dispatch.IMPLS:
+        raise InputError(f"impl must be one of {dispatch.IMPLS}, got {impl!r}")
     if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
         raise InputError(f"mean and std need 3 values each, std > 0; got {mean}, {std}")
     h, w = int(frame.shape[0]), int(frame.shape[1])
@@ -85,10 +87,7 @@ def augment_views(
     else:
         boxes = _check_boxes(boxes, h, w)
     filters = view_filters(boxes.shape[0])
-    use_triton = impl == "triton" or (impl == "auto" and frame.is_cuda)
-    if use_triton:
-        if not frame.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-            raise InputError("impl='triton' needs a CUDA frame (or TRITON_INTERPRET=1 for Triton's CPU interpreter)")
+    if dispatch.use_triton(impl, frame, "augment_views"):
         from edgeclip.kernels.cuda.augment_views import augment_views_triton
 
         # boxes stay on the CPU: the kernel validates them there (no device sync) and copies them over
@@ -96,7 +95,9 @@ def augment_views(
     else:
         from edgeclip.kernels.cpu_views import resample_views
 
-        views = resample_views(frame, boxes, filters, size, tuple(mean), tuple(std), dtype)
+        views = resample_views(frame.cpu(), boxes, filters, size, tuple(mean), tuple(std), dtype)
+        if dispatch.on_cuda(frame):  # the fallback of a CUDA frame: its views go back to its device
+            views = views.to(frame.device)
     return views, boxes
 
 

@@ -2,24 +2,20 @@
 
 This is the PyTorch reference (the CPU path): an `autograd.Function` whose backward is written out,
 so it matches the fused Triton kernel (`edgeclip.kernels.cuda.cosine_logits`) call for call and is checked
-with `gradcheck`. CUDA tensors are dispatched to that kernel; ``impl=`` forces either implementation.
+with `gradcheck`. CUDA tensors are dispatched to that kernel, or to this reference (with one warning) where
+Triton is unavailable; ``impl=`` forces either implementation (`edgeclip.kernels.dispatch`).
 """
 
 from __future__ import annotations
 
-import functools
-import importlib.util
-import logging
-import os
 from typing import Any
 
 import torch
 
-from edgeclip.errors import BackendError, InputError
+from edgeclip.errors import InputError
+from edgeclip.kernels.dispatch import IMPLS, use_triton
 
-log = logging.getLogger(__name__)
-
-IMPLS = ("auto", "torch", "triton")
+__all__ = ["EPS", "IMPLS", "cosine_logits", "use_triton"]
 
 EPS = 1e-12  # same floor as torch.nn.functional.normalize
 
@@ -49,50 +45,6 @@ class _CosineLogits(torch.autograd.Function):
         return g_image, g_text, None
 
 
-_warned: set[str] = set()
-
-
-@functools.cache
-def _triton_installed() -> bool:
-    """Whether triton can be imported, found without importing it (the CPU path never loads it)."""
-    return importlib.util.find_spec("triton") is not None
-
-
-def use_triton(impl: str, tensor: torch.Tensor, op: str, supported: tuple[torch.dtype, ...] | None = None) -> bool:
-    """Whether `op` runs its Triton kernel on `tensor`, for ``impl`` in ``"auto" | "torch" | "triton"``.
-
-    ``"auto"`` picks Triton for CUDA tensors of a dtype it supports (falling back to torch, with a warning, when
-    Triton is not installed) and torch otherwise. ``"triton"`` on a CPU tensor is allowed only under Triton's
-    interpreter (``TRITON_INTERPRET=1`` set before the kernel module is first imported).
-    """
-    if impl not in IMPLS:
-        raise InputError(f"{op}: impl must be one of {', '.join(map(repr, IMPLS))}, got {impl!r}")
-    if impl == "torch":
-        return False
-    dtype_ok = supported is None or tensor.dtype in supported
-    if impl == "auto":
-        if not tensor.is_cuda or not dtype_ok:
-            return False
-        if not _triton_installed():
-            if op not in _warned:
-                _warned.add(op)
-                log.warning("%s: Triton is not installed, using the PyTorch implementation on CUDA", op)
-            return False
-        return True
-    if not tensor.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-        raise InputError(
-            f"{op}: impl='triton' needs a CUDA tensor (got one on {tensor.device}); on the CPU it runs only under "
-            "Triton's interpreter, with TRITON_INTERPRET=1 set in the environment before the first call. "
-            "Use impl='auto' or impl='torch' for the CPU path."
-        )
-    if not dtype_ok:
-        names = ", ".join(str(d).removeprefix("torch.") for d in supported or ())
-        raise InputError(f"{op}: the Triton kernel supports {names}, not {tensor.dtype}; use impl='torch'")
-    if not _triton_installed():
-        raise BackendError(f"{op}: impl='triton' needs the triton package (pip install triton)")
-    return True
-
-
 _TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -100,7 +52,7 @@ def cosine_logits(image: torch.Tensor, text: torch.Tensor, scale: float = 1.0, *
     """Image embeddings [N,D] and class embeddings [C,D] -> `scale * cos` [N,C], differentiable in both.
 
     ``impl``: ``"auto"`` (the Triton kernel for CUDA tensors in float32/float16/bfloat16, PyTorch otherwise),
-    ``"torch"`` or ``"triton"`` (see `use_triton`).
+    ``"torch"`` or ``"triton"`` (see `edgeclip.kernels.dispatch.use_triton`).
     """
     if image.dim() != 2 or text.dim() != 2 or image.shape[1] != text.shape[1]:
         raise InputError(f"cosine_logits needs [N,D] and [C,D], got {list(image.shape)} and {list(text.shape)}")

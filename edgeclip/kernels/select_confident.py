@@ -1,8 +1,8 @@
 """`select_confident`: softmax, per-view entropy, the most confident views and the log mean probability
 over them — what TPT, PromptSync and ZERO need from the logits of N augmented views (PyTorch reference).
 
-CUDA tensors are dispatched to the single-kernel Triton version (`edgeclip.kernels.cuda.select_confident`);
-``impl=`` forces either implementation."""
+CUDA tensors are dispatched to the single-kernel Triton version (`edgeclip.kernels.cuda.select_confident`), or
+to this reference (with one warning) where Triton is unavailable; ``impl=`` forces either implementation."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import NamedTuple
 import torch
 
 from edgeclip.errors import InputError
-from edgeclip.kernels.cosine_logits import use_triton
+from edgeclip.kernels.dispatch import use_triton
 
 
 class Confident(NamedTuple):
@@ -37,7 +37,7 @@ def select_confident(
 
     Differentiable with respect to `logits` through `probs`, `entropy` and `log_mean_prob`. ``impl``:
     ``"auto"`` (the Triton kernel for floating-point CUDA tensors, PyTorch otherwise), ``"torch"`` or
-    ``"triton"`` (see `edgeclip.kernels.cosine_logits.use_triton`).
+    ``"triton"`` (see `edgeclip.kernels.dispatch.use_triton`).
     """
     if logits.dim() != 2 or logits.shape[0] < 1 or logits.shape[1] < 1:
         raise InputError(f"select_confident needs logits [N, C] with N, C >= 1, got {list(logits.shape)}")
