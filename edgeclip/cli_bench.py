@@ -14,6 +14,7 @@ from edgeclip.cli_args import emit as _emit
 from edgeclip.cli_args import parse_frames as _parse_frames
 from edgeclip.cli_args import parse_ints as _parse_ints
 from edgeclip.cli_args import parse_names as _parse_names
+from edgeclip.cli_args import positive_int
 
 __all__ = ["add_parser"]
 
@@ -113,10 +114,22 @@ def cmd_bench_tta(args: argparse.Namespace) -> int:
         cache_dir=Path(args.cache), classes=classes, speed_images=pick("speed_images"),
         text_bundles=args.text_bundle or ["micro"], text_classes=args.text_classes or classes,
         text_repeats=pick("repeats"), text_time_budget_s=pick("text_budget"), out_dir=Path(args.out),
-        report_suffix="" if args.device == "cpu" else "-cuda", progress=not args.json, seed=args.seed)
+        report_suffix=("" if args.device == "cpu" else "-cuda") + (f"-{args.suffix}" if args.suffix else ""),
+        progress=not args.json, seed=args.seed)
     texts = [paths["md"].read_text() for paths in results["files"].values()]
     written = [str(p) for paths in results["files"].values() for p in paths.values()]
     _emit(args, results, "\n".join(texts) + "\nwrote " + ", ".join(written))
+    return 0
+
+
+def cmd_bench_zero_shot(args: argparse.Namespace) -> int:
+    from edgeclip.bench import write_report
+    from edgeclip.bench.zero_shot import REPORT_NAME, bench_zero_shot
+
+    results = bench_zero_shot(args.bundle or "micro", n=args.n, threads=args.threads, progress=not args.json)
+    paths = write_report(results, Path(args.out), REPORT_NAME if args.bundle is None else f"zero-shot-{args.name}")
+    text = paths["md"].read_text() + "\nwrote " + ", ".join(str(p) for p in paths.values())
+    _emit(args, results, text)
     return 0
 
 
@@ -160,6 +173,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     bv.add_argument("--out", default="bench-results", help="folder for the JSON and Markdown reports")
     bv.add_argument("--json", action="store_true")
     bv.set_defaults(func=cmd_bench_view_accuracy)
+    bz = bsub.add_parser("zero-shot", help="zero-shot accuracy of a bundle on the held-out micro benchmark, every "
+                         "shift, through the exported encoders")
+    bz.add_argument("--bundle", help="bundle (default: the embedded micro CLIP)")
+    bz.add_argument("--name", default="bundle", help="report name suffix for a --bundle (zero-shot-NAME)")
+    bz.add_argument("--n", type=positive_int, default=2048, help="held-out images per shift (default 2048)")
+    bz.add_argument("--threads", type=positive_int, default=None, help="torch and onnxruntime threads")
+    bz.add_argument("--out", default="bench-results", help="folder for the JSON and Markdown reports")
+    bz.add_argument("--json", action="store_true")
+    bz.set_defaults(func=cmd_bench_zero_shot)
     bo = bsub.add_parser("online-memory", help="memory of a long online run (RSS, method state, gc objects) "
                          "one frame at a time on a stream that changes shift every --segment frames")
     bo.add_argument("--bundle", help="bundle (default: the embedded micro CLIP)")
@@ -219,6 +241,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     bt.add_argument("--text-budget", type=float, default=None, help="seconds of timed calls after which a "
                     "text-stress case stops (default 60; --quick 5)")
     bt.add_argument("--seed", type=int, default=0, help="seed of views, class names and random embeddings")
+    bt.add_argument("--suffix", default=None, help="added to the report names (tta-text-stress-SUFFIX...), so runs "
+                    "of other bundles do not overwrite each other")
     bt.add_argument("--out", default="bench-results", help="folder for the JSON, Markdown and PNG reports")
     bt.add_argument("--quick", action="store_true", help="tiny sizes everywhere (smoke runs); explicit flags win")
     bt.add_argument("--json", action="store_true")
