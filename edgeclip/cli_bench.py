@@ -48,7 +48,7 @@ def cmd_bench_kernels(args: argparse.Namespace) -> int:
     if args.repeats is not None:
         kwargs["repeats"] = args.repeats
     results = bench_kernels(**kwargs)
-    name = "kernels" if args.device == "cpu" else "kernels-cuda"
+    name = ("kernels" if args.device == "cpu" else "kernels-cuda") + (f"-{args.suffix}" if args.suffix else "")
     paths = write_report(results, Path(args.out), name)
     text = paths["md"].read_text() + "\nwrote " + ", ".join(str(p) for p in paths.values())
     _emit(args, results, text)
@@ -162,6 +162,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     bk.add_argument("--size", type=int, default=224, help="view side in pixels (default 224)")
     bk.add_argument("--classes", type=_parse_ints, default=[10, 100, 1000], help="class counts C, e.g. 10,100,1000")
     bk.add_argument("--dims", type=_parse_ints, default=[512, 768], help="embedding widths D, e.g. 512,768")
+    bk.add_argument("--suffix", default=None, help="added to the report name (kernels-SUFFIX), e.g. the build level "
+                    "forced with EDGECLIP_NATIVE_MARCH")
     bk.add_argument("--json", action="store_true")
     bk.set_defaults(func=cmd_bench_kernels)
 

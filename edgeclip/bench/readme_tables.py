@@ -31,10 +31,14 @@ from typing import Any
 
 from edgeclip.bench.result_tables import (
     encoders_table,
+    kernels_select_table,
+    kernels_table,
+    online_memory_table,
     tta_accuracy_table,
     tta_paired_table,
     tta_speed_table,
     tta_text_table,
+    view_accuracy_table,
     zero_shot_table,
 )
 
@@ -49,6 +53,7 @@ __all__ = [
     "load_result",
     "render_readme",
     "render_table",
+    "simd_summary",
     "unbacked_tables",
 ]
 
@@ -81,10 +86,26 @@ def load_result(results_dir: Path, stem: str) -> dict[str, Any]:
     return data
 
 
+def simd_summary(flags: Sequence[str] | None) -> str | None:
+    """The widest vector extension in a report's ``simd`` list: "AVX-512", "AVX2, no AVX-512", "SSE4.2 only",
+    "NEON (+dotprod)", "NEON + SVE"...; None when the report has no list (older reports)."""
+    if not flags:
+        return None
+    f = set(flags)
+    if "avx512f" in f:
+        return "AVX-512" + (", AMX" if any(x.startswith("amx") for x in f) else "")
+    if "avx2" in f:
+        return "AVX2, no AVX-512"
+    if "asimd" in f or "neon" in f:
+        return "NEON" + (" + SVE" if "sve" in f else "") + (" (+dotprod)" if "asimddp" in f else "")
+    return "SSE only" if any(x.startswith("sse") for x in f) else ", ".join(sorted(f))
+
+
 def _cpu(machine: dict[str, Any]) -> str:
     model = machine.get("cpu_model") or machine.get("processor") or machine.get("machine") or "unknown CPU"
-    usable = machine.get("cpu_usable")
-    return f"{model} ({usable} cores usable)" if usable else str(model)
+    details = [x for x in (simd_summary(machine.get("simd")),
+                           f"{machine['cpu_usable']} cores usable" if machine.get("cpu_usable") else None) if x]
+    return f"{model} ({'; '.join(details)})" if details else str(model)
 
 
 def caption(result: dict[str, Any]) -> str:
@@ -125,6 +146,18 @@ TABLES: dict[str, Table] = {t.name: t for t in (
           "--out docs/results"),
     Table("tta-accuracy-paired", ("tta-accuracy",), tta_paired_table,
           "the tta-accuracy run (same file)"),
+    Table("tta-text-stress-vit-b-32", ("tta-text-stress-vit-b-32",), tta_text_table,
+          "edgeclip bench tta --part text-stress --text-bundle model --text-classes 10,200 --threads 1 "
+          "--suffix vit-b-32 --out docs/results"),
+    Table("kernels", ("kernels-native", "kernels-x86-64-v3", "kernels-x86-64-v3-torch-avx2", "kernels-x86-64-v2"),
+          kernels_table, "edgeclip bench kernels --threads 2 --frames 1080x1920,480x640 --suffix native --out "
+          "docs/results (and with EDGECLIP_NATIVE_MARCH=x86-64-v3 / x86-64-v2, --suffix the same; the torch-avx2 "
+          "one with ATEN_CPU_CAPABILITY=avx2 too)"),
+    Table("kernels-select", ("kernels-native",), kernels_select_table, "the kernels-native run (same file)"),
+    Table("view-accuracy", ("view-accuracy",), view_accuracy_table,
+          "edgeclip bench view-accuracy --n 256 --threads 1 --out docs/results"),
+    Table("online-memory", ("online-memory",), online_memory_table,
+          "edgeclip bench online-memory --threads 1 --out docs/results"),
 )}
 
 

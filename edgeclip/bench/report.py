@@ -230,6 +230,19 @@ def invoked_command(argv: Sequence[str] | None = None) -> str | None:
     argv = list(sys.argv if argv is None else argv)
     if not argv or not argv[0]:
         return None
+    env = [f"{k}={shlex.quote(os.environ[k])}" for k in COMMAND_ENV if os.environ.get(k)]
+    command = _edgeclip_command(argv)
+    return None if command is None else " ".join([*env, command])
+
+
+#: environment variables that change what a bench measures; a report's command shows the ones that were set
+COMMAND_ENV = ("EDGECLIP_NATIVE_MARCH", "EDGECLIP_NATIVE_KERNELS", "ATEN_CPU_CAPABILITY", "OMP_NUM_THREADS",
+               "CUDA_VISIBLE_DEVICES")
+
+
+def _edgeclip_command(argv: list[str]) -> str | None:
+    import shlex
+
     script = Path(argv[0])
     if script.name == "edgeclip":
         return shlex.join(["edgeclip", *argv[1:]])

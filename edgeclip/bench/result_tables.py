@@ -16,10 +16,14 @@ __all__ = [
     "METHOD_NAMES",
     "SHIFT_NAMES",
     "encoders_table",
+    "kernels_select_table",
+    "kernels_table",
+    "online_memory_table",
     "tta_accuracy_table",
     "tta_paired_table",
     "tta_speed_table",
     "tta_text_table",
+    "view_accuracy_table",
     "zero_shot_table",
 ]
 
@@ -205,3 +209,96 @@ def tta_paired_table(results: list[dict[str, Any]]) -> str:
         out.append(row)
     return markdown_table(out, ["method", "vs", "frames", *(SHIFT_NAMES.get(s, s) for s in shifts), "mean",
                                 "imbalanced"])
+
+
+def _isa(res: dict[str, Any]) -> str:
+    native = (res.get("config") or {}).get("native_kernel") or {}
+    march = native.get("march")
+    label = {"avx512": "AVX-512", "avx2": "AVX2", "sse4.1": "SSE4.1", "neon": "NEON"}.get(native.get("isa"),
+                                                                                          native.get("isa") or "?")
+    return label + (f" (`-march={march}`)" if march and march != "native" else " (native build)")
+
+
+def kernels_table(results: list[dict[str, Any]]) -> str:
+    """Per native build (one result file each) and frame size: edgeclip's `augment_views` against TPT's PIL loop
+    and torchvision v2 per view, with the speedups."""
+    out = []
+    for res in results:
+        rows = [r for r in res["rows"] if r["case"] == "augment_views"]
+        for shape in dict.fromkeys(r["shape"] for r in rows):
+            by = {r["impl"].split("[")[0]: r for r in rows if r["shape"] == shape}
+            edge, pil, tv2 = by.get("edgeclip:native"), by.get("PIL loop (TPT)"), by.get("tv2 per view")
+            if edge is None:
+                continue
+            out.append({"view kernel build": _isa(res),
+                        "PyTorch kernels": str(res["machine"].get("torch_cpu_capability") or "?"),
+                        "views from": shape.split(" ")[0],
+                        "edgeclip": _ms(edge["median_ms"]),
+                        "TPT's PIL loop": "–" if pil is None else f"{_ms(pil['median_ms'])}: {_ratio(pil)}",
+                        "torchvision v2 per view": "–" if tv2 is None else f"{_ms(tv2['median_ms'])}: {_ratio(tv2)}",
+                        "parity (mean / max, /255)": "–" if tv2 is None or tv2.get("parity_mean") is None else
+                            f"{255 * tv2['parity_mean']:.2f} / {255 * tv2['parity_max']:.2f}"})
+    return markdown_table(out, ["view kernel build", "PyTorch kernels", "views from", "edgeclip", "TPT's PIL loop",
+                                "torchvision v2 per view", "parity (mean / max, /255)"])
+
+
+def kernels_select_table(results: list[dict[str, Any]]) -> str:
+    """`cosine_logits` + `select_confident` against the plain torch sequence, per shape (the first file)."""
+    res = results[0]
+    rows = [r for r in res["rows"] if r["case"] == "cosine+select"]
+    out = []
+    for shape in dict.fromkeys(r["shape"] for r in rows):
+        by = {r["impl"]: r for r in rows if r["shape"] == shape}
+        edge = next((r for k, r in by.items() if k.startswith("edgeclip")), None)
+        peer = next((r for k, r in by.items() if not k.startswith("edgeclip")), None)
+        if edge is None or peer is None:
+            continue
+        out.append({"shape": shape, "edgeclip": _ms(edge["median_ms"]), "torch ops (TPT)": _ms(peer["median_ms"]),
+                    "ratio": _ratio(peer)})
+    return markdown_table(out, ["shape", "edgeclip", "torch ops (TPT)", "ratio"])
+
+
+def view_accuracy_table(results: list[dict[str, Any]]) -> str:
+    """TPT's held-out accuracy per shift with edgeclip's views and torchvision's views of the same boxes."""
+    (res,) = results
+    out = [{"shift": SHIFT_NAMES.get(r["shift"], r["shift"]), "frames": r["n"],
+            "TPT, edgeclip views": f"{r['tpt_kernel']:.2f}", "TPT, torchvision views": f"{r['tpt_torchvision']:.2f}",
+            "difference (points)": f"{r['diff_points']:+.2f}", "same prediction": f"{r['same_prediction']:.1f} %"}
+           for r in res["rows"]]
+    return markdown_table(out, ["shift", "frames", "TPT, edgeclip views", "TPT, torchvision views",
+                                "difference (points)", "same prediction"])
+
+
+def online_memory_table(results: list[dict[str, Any]]) -> str:
+    """The memory figures of a long online run: RSS level and trend against the tolerance, the method's own state,
+    gc-tracked objects, accuracy over the stream, collapse resets, time per frame."""
+    (res,) = results
+    s, cfg = res["summary"], res["config"]
+
+    def mb(v: Any) -> str:
+        return "–" if v is None else f"{v:.2f} MB" if abs(v) < 10 else f"{v:.0f} MB"
+
+    rows = [
+        ("frames (shift changes every)", f"{s.get('frames_done')} ({cfg.get('segment')})"),
+        ("RSS at the end of the warm-up / at the end", f"{mb(s.get('rss_warmup_mb'))} / {mb(s.get('rss_end_mb'))}"),
+        ("level growth (median of the last fifth − first fifth)", mb(s.get("level_growth_mb"))),
+        ("fitted trend over the run", f"{mb(s.get('trend_mb'))} ({s.get('slope_mb_per_1k_frames', 0):+.3f} MB per "
+                                      "1000 frames)"),
+        ("tolerance", mb(s.get("tolerance_mb"))),
+        ("highest RSS after the warm-up (a transient peak)", mb(s.get("rss_max_after_warmup_mb"))),
+        ("constant memory", {True: "**yes**", False: "**no**"}.get(s.get("constant"), "–")),
+    ]
+    measured = [r for r in res["rows"] if r.get("phase", "measured") == "measured"]
+    state = [r["state_bytes"] for r in measured if r.get("state_bytes") is not None]
+    if state:
+        rows.append(("method state after the warm-up (bank, prompts, optimiser, caches), min / max",
+                     f"{min(state):,} / {max(state):,} bytes"))
+    gc = [r["gc_objects"] for r in measured if r.get("gc_objects") is not None]
+    if gc:
+        rows.append(("gc-tracked objects after the warm-up, first / last sample", f"{gc[0]:,} / {gc[-1]:,}"))
+    for key, label in (("accuracy", "accuracy over the stream"), ("collapse_resets", "collapse resets"),
+                       ("median_ms", "median ms per frame")):
+        if s.get(key) is not None:
+            v = s[key]
+            rows.append((label, f"{v:.1f} %" if key == "accuracy" else format_value(v)))
+    return markdown_table([{"figure": a, "value": b} for a, b in rows], ["figure", "value"])

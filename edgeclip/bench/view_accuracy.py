@@ -97,4 +97,4 @@ def tpt_view_accuracy(
     }
     mean["diff_points"] = mean["tpt_kernel"] - mean["tpt_torchvision"]
     return {"rows": [*rows, mean], "seed": seed, "eval_seed": EVAL_SEED, "bundle": str(model.bundle.path),
-            "backend": model.backend, "threads": torch.get_num_threads()}
+            "backend": model.backend, "threads": torch.get_num_threads(), "config": {"threads": threads}}

@@ -137,3 +137,47 @@ def test_committed_readme_matches_its_result_files() -> None:
     `python -m edgeclip.bench.readme_tables` after adding or updating a result file."""
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     assert rt.check_readme(text, ROOT / rt.RESULTS_DIR) == []
+
+
+def test_invoked_command_names_the_environment_that_changes_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGECLIP_NATIVE_MARCH", "x86-64-v3")
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    assert invoked_command(["/usr/bin/edgeclip", "bench", "kernels"]) == (
+        "EDGECLIP_NATIVE_MARCH=x86-64-v3 edgeclip bench kernels")
+    assert invoked_command(["/usr/bin/python", "-c", "x"]) is None
+
+
+def test_simd_summary_names_the_widest_extension() -> None:
+    assert rt.simd_summary(["sse4_2", "avx2", "fma", "avx512f", "amx_tile"]) == "AVX-512, AMX"
+    assert rt.simd_summary(["sse4_2", "avx", "avx2", "fma"]) == "AVX2, no AVX-512"
+    assert rt.simd_summary(["asimd", "asimddp"]) == "NEON (+dotprod)"
+    assert rt.simd_summary(["sse4_1", "sse4_2"]) == "SSE only"
+    assert rt.simd_summary(None) is None
+
+
+def test_kernel_view_and_memory_renderers() -> None:
+    from edgeclip.bench.result_tables import kernels_table, online_memory_table, view_accuracy_table
+
+    def row(impl: str, ms: float, **kw: float) -> dict:
+        return {"case": "augment_views", "shape": "1080×1920 → 64×224²", "impl": impl, "median_ms": ms, **kw}
+
+    native = {"config": {"native_kernel": {"isa": "avx2", "march": "x86-64-v3"}},
+              "machine": {"torch_cpu_capability": "AVX2"}, "rows": [
+        row("edgeclip:native[avx2]", 10.0),
+        row("PIL loop (TPT)", 150.0, speedup=15.0, speedup_lo=12.0, speedup_hi=17.0),
+        row("tv2 per view", 40.0, speedup=4.0, speedup_lo=0.9, speedup_hi=5.0, parity_mean=1 / 255,
+            parity_max=2 / 255)]}
+    table = kernels_table([native])
+    assert "AVX2 (`-march=x86-64-v3`) | AVX2" in table and "150 ms: **15.0×** (12.0–17.0)" in table
+    assert "40 ms: 4.00× (0.90–5.00)" in table and "1.00 / 2.00" in table  # not bold: its range reaches below 1
+    views = view_accuracy_table([{"rows": [{"shift": "low_contrast", "n": 8, "tpt_kernel": 50.0,
+                                            "tpt_torchvision": 37.5, "diff_points": 12.5, "same_prediction": 75.0}]}])
+    assert "low contrast" in views and "+12.50" in views and "75.0 %" in views
+    memory = online_memory_table([{"config": {"segment": 500}, "summary": {
+        "frames_done": 20000, "rss_warmup_mb": 1000.0, "rss_end_mb": 1003.0, "level_growth_mb": 0.5,
+        "trend_mb": 1.2, "slope_mb_per_1k_frames": 0.06, "tolerance_mb": 20.0, "rss_max_after_warmup_mb": 1040.0,
+        "constant": True, "accuracy": 54.2, "collapse_resets": 5, "median_ms": 70.0},
+        "rows": [{"state_bytes": 385280, "gc_objects": 416310}, {"state_bytes": 385280,
+                                                                          "gc_objects": 416535}]}])
+    assert "20000 (500)" in memory and "**yes**" in memory and "385,280 / 385,280 bytes" in memory
+    assert "416,310 / 416,535" in memory and "54.2 %" in memory

@@ -23,8 +23,9 @@
  * largest first, one at a time, so the threads finish together.
  *
  * Speed (`edgeclip bench kernels --threads 2`, 2 cores of an AMD EPYC Zen 5 VM, 1080p -> 64 views at 224 px,
- * docs/results/kernels-zen5-*.json): about 12 ms built for AVX-512, 15 ms for AVX2 (-march=x86-64-v3) and
- * 25 ms for SSE4.1 (x86-64-v2), beside about 170 ms for TPT's PIL loop and 45 ms for torchvision v2 per view.
+ * docs/results/kernels-{native,x86-64-v3,x86-64-v2}.json): 12.5 ms built for AVX-512, 13.1 ms for AVX2
+ * (-march=x86-64-v3) and 22.9 ms for SSE4.1 (x86-64-v2), beside 166-176 ms for TPT's PIL loop and 44-55 ms for
+ * torchvision v2 per view.
  * A single 16-float vector type for every target took 75 ms when built for AVX2 on the same machine (GCC
  * spills such a type through memory on 256-bit registers): hence the width per instruction set.
  *
