@@ -8,6 +8,8 @@ The public API, from the package root::
     method = edgeclip.create_method("tpt", model, ["cat", "dog"], n_views=32)
     pred = method.predict(images)                                # edgeclip.Prediction
     edgeclip.list_methods()                                      # zeroshot, tpt, promptsync, zero, ...
+    edgeclip.kernels.augment_views(frame, n_views=64)            # the per-frame kernels
+    edgeclip.shapes.make_batch(8, shift="blur")                  # the demo's procedural images
 
 Names are imported on first use (``import edgeclip`` stays light, and the export side, which needs open_clip,
 is only loaded when `export_bundle` is used); every name is the real object, with its real signature.
@@ -150,7 +152,15 @@ def default_bundle() -> Any:
     return default_bundle_path()
 
 
+# public submodules reached as attributes: the per-frame kernels, and the procedural shapes data of the demo
+_SUBMODULES: dict[str, str] = {"kernels": "edgeclip.kernels", "shapes": "edgeclip.data.shapes"}
+
+
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        value = importlib.import_module(_SUBMODULES[name])
+        globals()[name] = value
+        return value
     module = _PUBLIC.get(name)
     if module is None:
         raise AttributeError(f"module 'edgeclip' has no attribute {name!r}")
@@ -160,4 +170,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_PUBLIC))
+    return sorted(set(globals()) | set(_PUBLIC) | set(_SUBMODULES))

@@ -80,7 +80,7 @@ def cache_name(model_name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", model_name).strip("-") + "-random.bundle"
 
 
-def random_weight_bundle(model_name: str, cache_dir: str | Path, *, progress: bool = True) -> B.Bundle:
+def random_weight_bundle(model_name: str, cache_dir: str | Path, *, progress: bool = False) -> B.Bundle:
     """The random-weight bundle of open_clip `model_name`, exported once to ``cache_dir/<cache_name>`` and reused
     while it verifies (ViT-B-32: about 40 s and 600 MB the first time)."""
     import edgeclip

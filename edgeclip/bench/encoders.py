@@ -316,7 +316,7 @@ def bench_encoders(
     threads: int | None = None,
     device: str = "cpu",
     interleave: bool = True,
-    progress: bool = True,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Time the image and text encoders of `bundle` on each backend and batch size.
 
@@ -448,5 +448,5 @@ def bench_encoders_for_model(model_name: str, cache_dir: str | Path, **kwargs: A
     (`random_weight_bundle`: reused while it verifies, else (re-)exported; ViT-B-32: ~40 s and ~600 MB).
     Keyword arguments go to `bench_encoders`. Random weights time the same as trained ones, so no download is
     needed."""
-    bundle = random_weight_bundle(model_name, cache_dir, progress=bool(kwargs.get("progress", True)))
+    bundle = random_weight_bundle(model_name, cache_dir, progress=bool(kwargs.get("progress", False)))
     return bench_encoders(bundle, **kwargs)

@@ -215,7 +215,7 @@ def bench_kernels(
     repeats: int = 20,
     min_time: float | None = None,
     time_budget_s: float = DEFAULT_TIME_BUDGET_S,
-    progress: bool | ProgressFn = True,
+    progress: bool | ProgressFn = False,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Time edgeclip's per-frame kernels against TPT-style implementations of the same work.

@@ -226,7 +226,7 @@ def bench_online_memory(
     backend: str = "auto",
     shifts: Sequence[str] | None = None,
     out_dir: str | Path | None = None,
-    progress: bool = True,
+    progress: bool = False,
     command: str | None = None,
 ) -> dict[str, Any]:
     """Run `method` online on `frames` frames and measure its memory (see the module docstring).

@@ -131,7 +131,7 @@ def bench_tta(
     text_time_budget_s: float = 60.0,
     out_dir: str | Path | None = None,
     report_suffix: str = "",
-    progress: bool = True,
+    progress: bool = False,
     seed: int = 0,
     command: str | None = None,
 ) -> dict[str, Any]:

@@ -76,7 +76,7 @@ def _accuracy(method: TPT, cached: list[tuple[str, torch.Tensor, torch.Tensor]])
 
 
 def search(model: EdgeClip, prototypes: ClassPrototypes, *, n: int = 128, shifts: Sequence[str] | None = None,
-           seed: int = 0, progress: bool = True) -> dict[str, Any]:
+           seed: int = 0, progress: bool = False) -> dict[str, Any]:
     """Run the staged search; returns every configuration's validation accuracy and the chosen one."""
     shifts = list(shifts or shapes.SHIFTS)
     names = shapes.class_names()
@@ -155,7 +155,7 @@ STAGE_D = {"proto_weight": (0.0, 1.0, 2.0, 3.0, 5.0), "online_proto_weight": (0.
 
 def readout_search(model: EdgeClip, prototypes: ClassPrototypes,
                    cached: list[tuple[str, torch.Tensor, torch.Tensor]], *, seed: int = 0,
-                   progress: bool = True) -> list[dict[str, Any]]:
+                   progress: bool = False) -> list[dict[str, Any]]:
     """Stage D, at the A–C choice: the prototype readout weight γ, episodic (``proto_weight``) and online with
     a `PrototypeBank` (``online_proto_weight``), and the number of steps for TPT and PromptSync."""
     names = shapes.class_names()
@@ -198,7 +198,7 @@ def _main(argv: Sequence[str]) -> None:
     micro = edgeclip.load(edgeclip.default_bundle(), threads=1)
     protos = build_prototypes(micro, "shapes:512", progress=False)
     if args.stage == "ABC":
-        res = search(micro, protos, n=args.n)
+        res = search(micro, protos, n=args.n, progress=True)
         for path in write_search(res, args.out):
             logger.info("wrote %s", path)
         return
@@ -209,7 +209,7 @@ def _main(argv: Sequence[str]) -> None:
         cached = cache_views(micro, args.n, shapes.SHIFTS)
         if args.views_cache is not None:
             torch.save({"cached": cached}, args.views_cache)
-    rows = readout_search(micro, protos, cached)
+    rows = readout_search(micro, protos, cached, progress=True)
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out / "promptsync-tuning-readout.json"
     out.write_text(json.dumps({"validation_seed": VALIDATION_SEED, "n_per_shift": int(cached[0][1].shape[0]),

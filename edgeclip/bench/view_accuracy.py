@@ -59,7 +59,7 @@ def tpt_view_accuracy(
     seed: int = 0,
     backend: str = "auto",
     threads: int | None = None,
-    show_progress: bool = True,
+    show_progress: bool = False,
 ) -> dict[str, Any]:
     """Accuracy of TPT with kernel views and with torchvision views, per shift and averaged."""
     from edgeclip.assets import default_bundle_path

@@ -33,3 +33,25 @@ def test_onnxruntime_cuda_io_binding_matches_cpu(tiny_bundle: Path) -> None:
     ids, eot = cpu.tokenizer.ids(["a photo of a dog."])
     emb = cpu.text_tower.embed_tokens(ids)
     assert torch.allclose(cpu.text_encoder(emb, eot), gpu.text_encoder(emb.cuda(), eot.cuda()).cpu(), atol=1e-4)
+
+
+@pytest.mark.gpu
+def test_views_are_made_on_the_gpu_from_the_uint8_frame(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a CUDA model only the uint8 frame crosses to the device; the views are made there (Triton)."""
+    import edgeclip.runtime.methods.frames as frames
+
+    seen: list[torch.device] = []
+    real = frames.augment_views
+
+    def recording(frame, *args, **kwargs):
+        seen.append(frame.device)
+        return real(frame, *args, **kwargs)
+
+    monkeypatch.setattr(frames, "augment_views", recording)
+    model = edgeclip.load(backend="torch", device="cuda")
+    names = edgeclip.shapes.class_names()
+    batch = edgeclip.shapes.make_batch(2, seed=1, shift="blur")
+    gpu = edgeclip.create_method("tpt", model, names, n_views=16).predict(batch.images)
+    assert seen and all(d.type == "cuda" for d in seen)
+    cpu = edgeclip.create_method("tpt", edgeclip.load(backend="torch"), names, n_views=16).predict(batch.images)
+    assert torch.equal(gpu.labels, cpu.labels)
