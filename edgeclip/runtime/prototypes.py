@@ -70,7 +70,6 @@ log = logging.getLogger(__name__)
 FORMAT = "edgeclip.prototypes"
 FORMAT_VERSION = 1
 _NORM_TOL = 1e-3
-_norm_name = norm_name
 
 
 def _now() -> str:
@@ -209,10 +208,10 @@ class ClassPrototypes:
             log.warning("%s", msg)
         if class_names is not None:
             want = validate_class_names(class_names)
-            have = [_norm_name(n) for n in self.class_names]
-            if [_norm_name(n) for n in want] != have:
-                missing = [n for n in want if _norm_name(n) not in have]
-                extra = [n for n in self.class_names if _norm_name(n) not in {_norm_name(w) for w in want}]
+            have = [norm_name(n) for n in self.class_names]
+            if [norm_name(n) for n in want] != have:
+                missing = [n for n in want if norm_name(n) not in have]
+                extra = [n for n in self.class_names if norm_name(n) not in {norm_name(w) for w in want}]
                 if not missing and not extra:
                     detail = "the same classes in another order; use prototypes.aligned(class_names)"
                 else:
@@ -224,14 +223,14 @@ class ClassPrototypes:
         """The rows for `class_names`, in that order (a reordering or a subset; names compare case- and
         whitespace-insensitively). Raises :class:`~edgeclip.errors.ClassNameError` for a class without a row."""
         want = validate_class_names(class_names)
-        index = {_norm_name(n): i for i, n in enumerate(self.class_names)}
-        missing = [n for n in want if _norm_name(n) not in index]
+        index = {norm_name(n): i for i, n in enumerate(self.class_names)}
+        missing = [n for n in want if norm_name(n) not in index]
         if missing:
             raise ClassNameError(
                 f"no prototype for class(es) {missing[:8]}; the prototypes cover {self.class_names[:8]}"
                 + ("…" if self.n_classes > 8 else "") + "; rebuild them with those classes"
             )
-        rows = torch.tensor([index[_norm_name(n)] for n in want], dtype=torch.int64)
+        rows = torch.tensor([index[norm_name(n)] for n in want], dtype=torch.int64)
         return ClassPrototypes(self.embeds[rows].clone(), want, self.counts[rows].clone(), dict(self.meta))
 
     # -- text fallback -----------------------------------------------------------------------------------
