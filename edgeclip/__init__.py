@@ -7,6 +7,8 @@ The public API, from the package root::
     model = edgeclip.load()                                      # the embedded micro CLIP, or a bundle folder
     method = edgeclip.create_method("tpt", model, ["cat", "dog"], n_views=32)
     pred = method.predict(images)                                # edgeclip.Prediction
+    with edgeclip.Session(model, ["cat", "dog"], method="tpt", budget_ms=150) as session:
+        future = session.submit(frame)                           # latest frame wins; future.result()
     edgeclip.list_methods()                                      # zeroshot, tpt, promptsync, zero, ...
     edgeclip.kernels.augment_views(frame, n_views=64)            # the per-frame kernels
     edgeclip.shapes.make_batch(8, shift="blur")                  # the demo's procedural images
@@ -61,6 +63,10 @@ _PUBLIC: dict[str, str] = {
     "build_feature_pool": "edgeclip.runtime.feature_pool",
     "read_head": "edgeclip.runtime.head",
     "default_head_path": "edgeclip.runtime.head",
+    # streaming
+    "Session": "edgeclip.runtime.session",
+    "FrameFuture": "edgeclip.runtime.session",
+    "SessionStats": "edgeclip.runtime.session_stats",
     # errors
     "EdgeClipError": "edgeclip.errors",
     "BundleError": "edgeclip.errors",
@@ -69,6 +75,9 @@ _PUBLIC: dict[str, str] = {
     "ClassNameError": "edgeclip.errors",
     "InputError": "edgeclip.errors",
     "BackendError": "edgeclip.errors",
+    "SessionError": "edgeclip.errors",
+    "SourceError": "edgeclip.errors",
+    "VideoWriteError": "edgeclip.errors",
 }
 
 __all__ = [
@@ -84,6 +93,7 @@ __all__ = [
     "ExportError",
     "FeaturePool",
     "FitReport",
+    "FrameFuture",
     "GuardConfig",
     "ImageError",
     "InputError",
@@ -94,8 +104,13 @@ __all__ = [
     "PromptSync",
     "PromptSyncConfig",
     "PrototypeBank",
+    "Session",
+    "SessionError",
+    "SessionStats",
+    "SourceError",
     "TPTConfig",
     "Trainable",
+    "VideoWriteError",
     "ViewConfig",
     "ViewMethod",
     "ViewPolicy",
@@ -126,6 +141,9 @@ if TYPE_CHECKING:
         ExportError,
         ImageError,
         InputError,
+        SessionError,
+        SourceError,
+        VideoWriteError,
     )
     from edgeclip.export import export_bundle
     from edgeclip.runtime.feature_pool import FeaturePool, ViewPolicy, build_feature_pool
@@ -143,6 +161,8 @@ if TYPE_CHECKING:
     from edgeclip.runtime.prediction import Prediction
     from edgeclip.runtime.prototype_bank import PrototypeBank
     from edgeclip.runtime.prototypes import ClassPrototypes, build_prototypes
+    from edgeclip.runtime.session import FrameFuture, Session
+    from edgeclip.runtime.session_stats import SessionStats
 
 
 def default_bundle() -> Any:
@@ -153,7 +173,8 @@ def default_bundle() -> Any:
 
 
 # public submodules reached as attributes: the per-frame kernels, and the procedural shapes data of the demo
-_SUBMODULES: dict[str, str] = {"kernels": "edgeclip.kernels", "shapes": "edgeclip.data.shapes"}
+_SUBMODULES: dict[str, str] = {"kernels": "edgeclip.kernels", "shapes": "edgeclip.data.shapes",
+                               "sources": "edgeclip.sources"}
 
 
 def __getattr__(name: str) -> Any:

@@ -97,8 +97,17 @@ def stream_results(args: argparse.Namespace, results: Iterable[Any]) -> int:
 def make_method(args: argparse.Namespace, model: Any, names: list[str] | None) -> Any:
     """The method `args` name (``--method``, ``--head``, ``--set``, ``--template``, ``--prototypes``), through
     the registry."""
+    from edgeclip.runtime.methods import create_method
+
+    name, head, settings = method_spec(args)
+    return create_method(name, model, names, head=head, **settings)
+
+
+def method_spec(args: argparse.Namespace) -> tuple[str, Any, dict[str, Any]]:
+    """``(method name, head, settings)`` from ``--method``, ``--head``, ``--set``, ``--template``, ``--prototypes``
+    (checked against the method), for `create_method` or a `Session`."""
     from edgeclip.runtime.head import read_head
-    from edgeclip.runtime.methods import create_method, method_class
+    from edgeclip.runtime.methods import method_class
 
     head = getattr(args, "head", None)
     name = args.method or (read_head(head).method if head is not None else "zeroshot")
@@ -112,7 +121,7 @@ def make_method(args: argparse.Namespace, model: Any, names: list[str] | None) -
         if "prototypes" not in cls.resources:
             raise EdgeClipError(f"method {cls.name!r} takes no --prototypes")
         settings["prototypes"] = args.prototypes
-    return create_method(cls.name, model, names, head=head, **settings)
+    return cls.name, head, settings
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
@@ -138,7 +147,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     from edgeclip.info import bundle_info, info_text
 
-    info = bundle_info(args.bundle, verify=not args.no_verify)
+    info = bundle_info(args.bundle, verify=not args.no_verify, calibrate=args.calibrate, device=args.device,
+                       threads=args.threads)
     _emit(args, info, info_text(info))
     return 0
 
@@ -237,9 +247,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="JSON Lines output, one object per image")
     c.set_defaults(func=cmd_classify)
 
-    i = sub.add_parser("info", help="what a bundle holds, its parity, and the backends this machine can run")
+    i = sub.add_parser("info", help="what a bundle holds, its parity, the backends this machine can run and the one "
+                       "backend auto picks")
     i.add_argument("bundle", nargs="?", help="bundle directory (default: the embedded micro CLIP)")
     i.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the manifest and every file")
+    i.add_argument("--calibrate", action="store_true",
+                   help="time the backends for backend auto now (a short calibration; the result is cached) instead "
+                        "of showing the cached choice")
+    i.add_argument("--device", default="cpu", help="device the auto choice is for (default cpu)")
+    i.add_argument("--threads", type=positive_int, help=threads_help + "; the auto choice is per thread count")
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=cmd_info)
 
@@ -253,8 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     from edgeclip.cli_bench import add_parser as add_bench_parser
     from edgeclip.cli_prototypes import add_parser as add_prototypes_parser
+    from edgeclip.cli_run import add_parser as add_run_parser
     from edgeclip.cli_train import add_parser as add_train_parser
 
+    add_run_parser(sub)
     add_prototypes_parser(sub)
     add_train_parser(sub)
     add_bench_parser(sub)

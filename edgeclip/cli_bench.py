@@ -133,6 +133,50 @@ def cmd_bench_zero_shot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _views_arg(text: str) -> list[int]:
+    """``--views``: comma-separated view counts (`edgeclip.bench.views_sweep.parse_views`)."""
+    from edgeclip.bench.views_sweep import parse_views
+    from edgeclip.errors import InputError
+
+    try:
+        return parse_views(text)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def cmd_bench_views(args: argparse.Namespace) -> int:
+    from edgeclip.bench.views_sweep import bench_views
+
+    kwargs: dict[str, Any] = {"n": args.n, "shifts": args.shifts, "prototypes": args.prototypes, "seed": args.seed,
+                              "threads": args.threads, "backend": args.backend, "out_dir": Path(args.out),
+                              "progress": not args.json}
+    if args.views is not None:
+        kwargs["views"] = args.views
+    if args.methods is not None:
+        kwargs["methods"] = args.methods
+    results = bench_views(args.bundle, **kwargs)
+    paths = results["files"]
+    text = paths["md"].read_text() + "\nwrote " + ", ".join(str(p) for p in paths.values())
+    _emit(args, results, text)
+    return 0
+
+
+def cmd_bench_session(args: argparse.Namespace) -> int:
+    from edgeclip.bench.session_load import bench_session, write_session_report
+
+    results = bench_session(
+        args.bundle, parts=args.part or None, producers=args.producers, frames_zeroshot=args.frames_zeroshot,
+        frames_tpt=args.frames_tpt, throughput_frames=args.throughput_frames, throughput_rounds=args.rounds,
+        fail_every=args.fail_every, budget_model=None if args.model == "none" else args.model,
+        budget_classes=args.classes, budget_ms=args.budget_ms, budget_frames=args.budget_frames,
+        reference_frames=args.reference_frames, cache_dir=Path(args.cache), threads=args.threads,
+        progress=not args.json)
+    paths = write_session_report(results, Path(args.out))
+    text = paths["md"].read_text() + "\nwrote " + ", ".join(str(p) for p in paths.values())
+    _emit(args, results, text)
+    return 0 if results["ok"] else 1
+
+
 # -- parser ---------------------------------------------------------------------------------------
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``bench`` (with its verbs) to an ``argparse`` subparsers object; returns its parser."""
@@ -249,4 +293,46 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     bt.add_argument("--quick", action="store_true", help="tiny sizes everywhere (smoke runs); explicit flags win")
     bt.add_argument("--json", action="store_true")
     bt.set_defaults(func=cmd_bench_tta)
+    bw = bsub.add_parser("views", help="accuracy against the number of views per frame for TPT, PromptSync and "
+                         "ZERO (episodic) on the held-out micro benchmark, zero-shot as the floor, paired differences "
+                         "against the largest view count, and the per-frame latency on this machine")
+    bw.add_argument("--bundle", help="bundle (default: the embedded micro CLIP)")
+    bw.add_argument("--n", type=positive_int, default=256, help="held-out frames per shift (default 256)")
+    bw.add_argument("--views", type=_views_arg, default=None,
+                    help="view counts, comma-separated, each >= 1, at least two (default 1,2,4,8,16,32,64)")
+    bw.add_argument("--methods", type=_parse_names, default=None,
+                    help="view-based methods, e.g. tpt,promptsync,zero (the default); zero-shot always runs")
+    bw.add_argument("--shifts", type=_parse_names, default=None, help="held-out shifts, e.g. clean,blur (default: all)")
+    bw.add_argument("--prototypes", default=None, help="PromptSync's class prototypes: a prototypes file, or a "
+                    "spec/folder to build them from (default shapes:512)")
+    bw.add_argument("--seed", type=int, default=0, help="seed of the methods' views and of the bootstrap")
+    bw.add_argument("--threads", type=positive_int, default=None, help="torch and onnxruntime threads")
+    bw.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime"], help="encoder backend")
+    bw.add_argument("--out", default="bench-results", help="folder for the JSON, Markdown and PNG reports")
+    bw.add_argument("--json", action="store_true")
+    bw.set_defaults(func=cmd_bench_views)
+    from edgeclip.bench.session_load import PARTS as SESSION_PARTS
+
+    bs = bsub.add_parser("session", help="a Session under load (threads x frames, both policies, injected "
+                         "failures), its throughput beside a bare predict loop, and TPT under a latency budget; "
+                         "exit status 1 when a check or goal fails")
+    bs.add_argument("--bundle", help="bundle of the load and throughput parts (default: the embedded micro CLIP)")
+    bs.add_argument("--part", action="append", choices=SESSION_PARTS, help="run only this part (repeatable)")
+    bs.add_argument("--producers", type=positive_int, default=4, help="submitting threads (default 4)")
+    bs.add_argument("--frames-zeroshot", type=positive_int, default=5000, help="frames per thread, zero-shot")
+    bs.add_argument("--frames-tpt", type=positive_int, default=500, help="frames per thread, TPT")
+    bs.add_argument("--throughput-frames", type=positive_int, default=500, help="frames per throughput round")
+    bs.add_argument("--rounds", type=positive_int, default=10, help="paired throughput rounds (default 10)")
+    bs.add_argument("--fail-every", type=positive_int, default=97, help="inject a failure every N calls")
+    bs.add_argument("--model", default="ViT-B-32", help="open_clip architecture of the budget part (random "
+                    "weights, exported once into --cache); 'none': the --bundle")
+    bs.add_argument("--classes", type=positive_int, default=10, help="classes of the budget part (default 10)")
+    bs.add_argument("--budget-ms", type=float, default=1000.0, help="latency budget of the budget part")
+    bs.add_argument("--budget-frames", type=positive_int, default=20, help="frames under the budget")
+    bs.add_argument("--reference-frames", type=positive_int, default=3, help="frames at the full view count")
+    bs.add_argument("--cache", default="bench-results/bundles", help="where random-weight bundles are kept")
+    bs.add_argument("--threads", type=positive_int, default=None, help="torch and onnxruntime threads")
+    bs.add_argument("--out", default="bench-results", help="folder for the JSON and Markdown reports")
+    bs.add_argument("--json", action="store_true")
+    bs.set_defaults(func=cmd_bench_session)
     return b

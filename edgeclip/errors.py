@@ -53,3 +53,15 @@ class InputError(EdgeClipError, ValueError):
 
 class BackendError(EdgeClipError):
     """A requested backend is not installed or cannot run on this machine."""
+
+
+class SessionError(EdgeClipError):
+    """A `Session` was used after `close()`, or its queue was full and the caller asked not to wait."""
+
+
+class SourceError(EdgeClipError):
+    """A frame source could not be opened or failed while reading."""
+
+
+class VideoWriteError(EdgeClipError):
+    """A video file could not be opened for writing, or finishing it failed."""

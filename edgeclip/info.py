@@ -1,4 +1,5 @@
-"""`edgeclip info`: what a bundle holds, its parity figures, and what this machine can run."""
+"""`edgeclip info`: what a bundle holds, its parity figures, what this machine can run, and which backend
+``backend="auto"`` picks for the bundle here (the cached calibration, or a fresh one on request)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 from edgeclip.runtime.bundle import MANIFEST, open_bundle
 from edgeclip.runtime.ort_session import PROVIDER_ORDER, available_providers
 
-__all__ = ["bundle_info", "info_text", "machine_backends"]
+__all__ = ["auto_choice", "bundle_info", "info_text", "machine_backends"]
 
 
 def machine_backends() -> dict[str, Any]:
@@ -28,13 +29,30 @@ def machine_backends() -> dict[str, Any]:
         "tensorrt": importlib.util.find_spec("tensorrt") is not None,
         "triton": cuda and importlib.util.find_spec("triton") is not None,
         "runnable": runnable,
-        "auto": "onnxruntime" if providers else "torch",
+        "auto": "calibrated per bundle, encoder and batch size" if providers else "torch",
     }
 
 
-def bundle_info(bundle: str | Path | None = None, verify: bool = True) -> dict[str, Any]:
+def auto_choice(bundle: Any, device: str = "cpu", threads: int | None = None,
+                calibrate: bool = False) -> dict[str, Any] | None:
+    """What ``backend="auto"`` picks for an opened bundle on this machine (`BackendChoice.to_dict`): the cached
+    calibration, None when there is none yet, or with ``calibrate`` a fresh one (timed now, then cached)."""
+    from edgeclip.runtime.backend_choice import read_cached
+
+    if calibrate:
+        from edgeclip.runtime.model import EdgeClip
+
+        choice = EdgeClip(bundle, backend="auto", device=device, threads=threads, recalibrate=True).backend_choice
+    else:
+        choice = read_cached(bundle, device, threads)
+    return None if choice is None else choice.to_dict()
+
+
+def bundle_info(bundle: str | Path | None = None, verify: bool = True, *, calibrate: bool = False,
+                device: str = "cpu", threads: int | None = None) -> dict[str, Any]:
     """What `edgeclip info` shows, JSON-ready. The source names a checkpoint by its file name only: the
-    exporting machine's folders mean nothing here."""
+    exporting machine's folders mean nothing here. ``backend_choice`` is `auto_choice` for ``device`` and
+    ``threads`` (with ``calibrate``: timed now)."""
     from edgeclip import default_bundle
 
     b = open_bundle(bundle if bundle is not None else default_bundle(), verify=verify)
@@ -65,6 +83,7 @@ def bundle_info(bundle: str | Path | None = None, verify: bool = True) -> dict[s
         "extra": m.get("extra", {}),
         "heads": bundle_heads(b),
         "machine": machine_backends(),
+        "backend_choice": auto_choice(b, device, threads, calibrate),
     }
 
 
@@ -148,7 +167,40 @@ def info_text(info: dict[str, Any]) -> str:
     if versions:
         made = f"{info['created'][:10]} " if info.get("created") else ""
         lines.append(f"exported      {made}with " + ", ".join(f"{k} {v}" for k, v in versions.items()))
-    lines.append(f"this machine  can run: {', '.join(mach['runnable'])}; auto -> {mach['auto']}"
+    choice = info.get("backend_choice")
+    auto = choice["label"] if choice else mach["auto"]
+    lines.append(f"this machine  can run: {', '.join(mach['runnable'])}; auto -> {auto}"
                  + (f"; GPU {mach['cuda_device']}" if mach["cuda"] else "; no CUDA")
                  + (", TensorRT present" if mach["tensorrt"] else ", no TensorRT"))
+    lines += _choice_lines(choice)
     return "\n".join(lines)
+
+
+def _ms_text(v: float | None) -> str:
+    return "not timed" if v is None else f"{v:.3g} ms"
+
+
+def _choice_lines(choice: Mapping[str, Any] | None) -> list[str]:
+    """The auto backend's lines: how it was chosen, then per encoder each bucket's winner and medians."""
+    if not choice:
+        return ["auto backend  not calibrated for this bundle here yet: timed on the first load with backend auto, "
+                "or now with --calibrate"]
+    if choice["source"] == "single":
+        head = "one backend per encoder can run here, nothing to time"
+    else:
+        load = f", load average {choice['load_avg']:.2f}" if choice.get("load_avg") is not None else ""
+        when = str(choice.get("created") or "").replace("T", " ").removesuffix("+00:00")
+        head = (f"calibrated {when} UTC in {choice['seconds']:.2f} s{load}"
+                + (f"; cached in {choice['path']}" if choice.get("path") else ""))
+    lines = [f"auto backend  {choice['label']}: {head}"]
+    for enc, unit in (("image", "images"), ("text", "prompts")):
+        c = choice[enc]
+        if not c["medians_ms"]:
+            lines.append(f"auto {enc:8s} {c['winners'][0]} (the only backend that can run it)")
+            continue
+        parts = []
+        for i, (n, win) in enumerate(zip(c["buckets"], c["winners"], strict=True)):
+            times = ", ".join(f"{b} {_ms_text(v[i])}" for b, v in c["medians_ms"].items())
+            parts.append(f"{n} {unit if n > 1 else unit[:-1]} -> {win} ({times})")
+        lines.append(f"auto {enc:8s} " + "; ".join(parts))
+    return lines

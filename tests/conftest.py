@@ -21,6 +21,15 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Every edgeclip cache (backend calibrations, native kernels, feature pools) in a session folder, never
+    the home cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EDGECLIP_CACHE", str(tmp_path_factory.mktemp("edgeclip_cache")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_names(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     return register_tiny_configs(tmp_path_factory.mktemp("tiny_configs"))

@@ -1,4 +1,5 @@
-"""Encoder latency: PyTorch eager against ONNX Runtime (every provider present), image and text.
+"""Encoder latency: PyTorch eager against ONNX Runtime (every provider present), image and text, and what
+``backend="auto"`` picks at each batch size.
 
 For every backend the image encoder runs on random normalised pixels and the text encoder on
 realistic prompts ("a photo of a {name}." with 1–4-word class names), at each batch size. Inputs are
@@ -14,6 +15,11 @@ period (`timing.SETTLE_S`). So a slow case (ViT-B-32 images at batch 64 on 2 CPU
 call per backend) costs 5 rounds plus ~3 warm-up calls per backend (~50 s for torch + ORT) instead
 of 23 calls per backend (~150 s), while a fast case still gets all `repeats`; the whole ViT-B-32
 bench at batches 1, 8, 64 takes about 3 minutes on 2 cores.
+
+Auto: every row carries ``auto_pick``, the backend ``edgeclip.load(..., backend="auto")`` runs that encoder and
+batch on (its cached calibration, or one made now: `edgeclip.runtime.backend_choice`), so the pick stands next
+to this run's own medians; a note counts the cases where it is this run's faster backend. ``"auto"`` given as
+a backend is also timed as a row of its own (the dispatching encoder as users get it).
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from edgeclip.bench.report import add_busy_note, cpu_snapshot, machine_info, oth
 from edgeclip.bench.timing import RATIO_NOTE, TimingStats, is_cuda, measure, measure_interleaved, ratio_with_spread
 from edgeclip.errors import BackendError, EdgeClipError
 from edgeclip.runtime import bundle as B
+from edgeclip.runtime.backend_choice import TIE_MARGIN
 from edgeclip.runtime.model import EdgeClip
 from edgeclip.runtime.ort_session import (
     CPU_EP,
@@ -68,16 +75,18 @@ DEFAULT_TIME_BUDGET_S = 10.0
 MIN_REPEATS = 5
 # the Markdown table's columns; the JSON rows carry more (device, min, samples, ...)
 COLUMNS = ["encoder", "backend", "provider", "batch", "tokens", "n", "median_ms", "p90_ms", "per_item_ms",
-           "speedup", "speedup_lo", "speedup_hi", "other_load"]
+           "speedup", "speedup_lo", "speedup_hi", "auto_pick", "other_load"]
+AUTO = "auto"
 
 
 # -- backends -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class BackendSpec:
-    """One backend to time: `torch`, or `onnxruntime` with exactly one execution provider."""
+    """One backend to time: `torch`, `onnxruntime` with exactly one execution provider, or `auto` (what
+    ``backend="auto"`` builds)."""
 
-    backend: str  # "torch" | "onnxruntime"
-    provider: str | None  # ORT execution provider; None for torch
+    backend: str  # "torch" | "onnxruntime" | "auto"
+    provider: str | None  # ORT execution provider; None for torch and auto
     device: str  # where inputs live and the encoders run
 
     @property
@@ -87,18 +96,19 @@ class BackendSpec:
 
 
 def parse_backend(spec: str, device: str = "cpu") -> BackendSpec:
-    """Parse a backend name: `torch`, `onnxruntime` (the provider edgeclip picks on `device`) or
+    """Parse a backend name: `torch`, `auto`, `onnxruntime` (the provider edgeclip picks on `device`) or
     `onnxruntime:<EP>` (exactly that execution provider).
 
     The CPU execution provider always runs on the host; any other provider needs a CUDA `device`.
     """
     name, _, provider = spec.partition(":")
-    if name == "torch":
+    if name in ("torch", AUTO):
         if provider:
-            raise ValueError(f"backend {spec!r}: torch takes no provider; use 'torch'")
-        return BackendSpec("torch", None, device)
+            raise ValueError(f"backend {spec!r}: {name} takes no provider; use {name!r}")
+        return BackendSpec(name, None, device)
     if name != "onnxruntime":
-        raise ValueError(f"unknown backend {spec!r}; use 'torch', 'onnxruntime' or 'onnxruntime:<provider>'")
+        raise ValueError(f"unknown backend {spec!r}; use 'torch', 'auto', 'onnxruntime' or "
+                         "'onnxruntime:<provider>'")
     present = available_providers()
     if not present:
         raise BackendError("backend 'onnxruntime' asked for but onnxruntime is not installed: "
@@ -165,8 +175,8 @@ class _ProviderEdgeClip(EdgeClip):
 
 def _load(bundle: B.Bundle, spec: BackendSpec, threads: int | None) -> EdgeClip:
     """The model for one backend, through `edgeclip.load` whenever that picks the wanted provider."""
-    if spec.backend == "torch":
-        return edgeclip.load(bundle, backend="torch", device=spec.device, threads=threads)
+    if spec.backend in ("torch", AUTO):
+        return edgeclip.load(bundle, backend=spec.backend, device=spec.device, threads=threads)
     if _provider_name(choose_providers(spec.device)[0]) == spec.provider:
         return edgeclip.load(bundle, backend="onnxruntime", device=spec.device, threads=threads)
     return _ProviderEdgeClip(bundle, spec.provider or CPU_EP, spec.device, threads)
@@ -212,7 +222,7 @@ def _row(encoder: str, spec: BackendSpec, batch: int, tokens: int | None,
         "per_item_ms": stats.median_ms / batch if stats else None,
         "items_per_s": 1e3 * batch / stats.median_ms if stats else None,
         "speedup": None, "speedup_p90": None, "speedup_lo": None, "speedup_hi": None, "speedup_of_medians": None,
-        "other_load": None, "oom_retry": None, "error": error,
+        "auto_pick": None, "other_load": None, "oom_retry": None, "error": error,
         "samples_ms": list(stats.samples_ms) if stats else [],
     }
 
@@ -276,12 +286,56 @@ def _add_speedups(rows: list[dict[str, Any]], stats: dict[tuple[str, int], dict[
             continue
         key = (r["encoder"], r["requested_batch"])
         ref = stats.get(key, {}).get("torch")
-        mine = stats.get(key, {}).get(f"{r['backend']}:{r['provider']}")
+        mine = stats.get(key, {}).get(_label(r))
         if ref is None or mine is None:
             continue
         ratio = ratio_with_spread(mine, ref, paired=paired[key])
         r.update(speedup=ratio["ratio"], speedup_p90=ratio["ratio_p90"], speedup_lo=ratio["ratio_lo"],
                  speedup_hi=ratio["ratio_hi"], speedup_of_medians=ratio["ratio_of_medians"])
+
+
+def _label(row: dict[str, Any]) -> str:
+    """The backend label of a row: "torch", "auto" or "onnxruntime:<provider>"."""
+    return row["backend"] if row["provider"] is None else f"{row['backend']}:{row['provider']}"
+
+
+def _auto_choice(bnd: B.Bundle, device: str, threads: int | None) -> Any:
+    """What ``backend="auto"`` uses for this bundle here, from an auto model loaded for it (its cached
+    calibration or a fresh one) and dropped; None when it cannot load."""
+    try:
+        model = edgeclip.load(bnd, backend=AUTO, device=device, threads=threads)
+    except EdgeClipError as exc:
+        log.warning("backend auto cannot load: %s", exc)
+        return None
+    choice = model.backend_choice
+    del model
+    gc.collect()
+    return choice
+
+
+def _auto_note(rows: list[dict[str, Any]], choice: Any, device: str) -> str:
+    """Which backend auto picks per encoder and batch, and in how many cases that is this run's faster one
+    (PyTorch eager vs onnxruntime on the provider edgeclip picks)."""
+    try:
+        ort: str | None = f"onnxruntime:{_provider_name(choose_providers(device)[0])}"
+    except BackendError:  # no onnxruntime, or none with a provider for this device
+        ort = None
+    by = {(r["encoder"], r["requested_batch"], _label(r)): r["median_ms"] for r in rows}
+    picks, agree, compared = [], 0, 0
+    for enc, n in dict.fromkeys((r["encoder"], r["requested_batch"]) for r in rows):
+        pick = choice[enc].backend_for(n)
+        picks.append(f"{enc} {n} -> {pick}")
+        t, o = by.get((enc, n, "torch")), by.get((enc, n, ort))
+        if t is not None and o is not None:
+            compared += 1
+            agree += pick == ("torch" if t < o else "onnxruntime")
+    how = {"cache": "cached calibration", "calibrated": "calibrated for this run", "single": "one backend each"}
+    src = f"{how.get(choice.source, choice.source)}, made {choice.created} in {choice.seconds:.2f} s"
+    if choice.load_avg is not None:
+        src += f" at load average {choice.load_avg:.2f}"
+    return (f"auto_pick: the backend backend='auto' runs each case on ({src}; nearest calibration bucket): "
+            + ", ".join(picks) + f"; it is this run's faster of torch and onnxruntime in {agree} of {compared} cases "
+            f"(auto keeps onnxruntime unless torch was more than {100 * TIE_MARGIN:.0f}% faster when calibrated).")
 
 
 def _cases(models: dict[str, EdgeClip], specs: dict[str, BackendSpec], batches: list[int],
@@ -317,6 +371,7 @@ def bench_encoders(
     device: str = "cpu",
     interleave: bool = True,
     progress: bool = False,
+    auto: bool = True,
 ) -> dict[str, Any]:
     """Time the image and text encoders of `bundle` on each backend and batch size.
 
@@ -327,8 +382,9 @@ def bench_encoders(
     Args:
         bundle: a bundle directory, an opened `Bundle`, or "micro" (the embedded default bundle).
         batches: image batch sizes.
-        backends: "torch", "onnxruntime" or "onnxruntime:<provider>"; None: `default_backends(device)`,
-            i.e. PyTorch eager plus every ONNX Runtime compute provider that runs on `device`.
+        backends: "torch", "onnxruntime", "onnxruntime:<provider>" or "auto" (timed as users get it);
+            None: `default_backends(device)`, i.e. PyTorch eager plus every ONNX Runtime compute provider that
+            runs on `device`.
         text_batches: numbers of prompts per text batch; None: the same as `batches`.
         warmup: untimed calls before each case, per backend.
         repeats: the most timed calls per case and backend.
@@ -339,13 +395,16 @@ def bench_encoders(
         interleave: time the backends of a case round-robin (paired samples); False: one after the
             other (each alone, unpaired; a cross-check for interference between the libraries).
         progress: show a tqdm bar over the cases (on stderr).
+        auto: fill every row's ``auto_pick`` with the backend ``backend="auto"`` runs that case on (loading
+            an auto model once to learn its choice, which calibrates it when no cached calibration fits).
 
     Returns:
         `{"title", "bench", "config", "columns", "rows", "notes", "machine"}`. One row per
         (encoder, backend, batch): encoder ("image"/"text"), backend, provider, device, batch, tokens
         (text: sequence length after causal truncation), n, median_ms, p90_ms, mean_ms, min_ms,
-        per_item_ms, items_per_s, speedup / speedup_p90 / speedup_lo / speedup_hi (ORT rows: PyTorch
-        eager time over this backend's, see `ratio_with_spread`; None on torch rows), other_load (CPU
+        per_item_ms, items_per_s, speedup / speedup_p90 / speedup_lo / speedup_hi (ORT and auto rows: PyTorch
+        eager time over this backend's, see `ratio_with_spread`; None on torch rows), auto_pick (the backend
+        ``backend="auto"`` runs this encoder and batch on; None without `auto`), other_load (CPU
         cores other processes kept busy during the case, see `other_cpu_load`; None when the case
         was too short to tell), requested_batch and oom_retry (a case that ran out of memory is timed once
         more at half the batch: `batch` is then the batch that ran and oom_retry the failure), error (None, or
@@ -377,6 +436,8 @@ def bench_encoders(
     paired: dict[tuple[str, int], bool] = {}
     with torch_threads(threads):
         models: dict[str, EdgeClip] = {}
+        # the auto choice before the timed models load (a calibration then has the machine to itself)
+        choice = _auto_choice(bnd, device, threads) if auto and AUTO not in specs else None
         for spec in spec_list:
             try:
                 models[spec.label] = _load(bnd, spec, threads)
@@ -384,6 +445,8 @@ def bench_encoders(
                 log.warning("%s cannot run on %s: %s", label, spec.label, exc)
                 for enc, bs in (("image", batches), ("text", text_batches)):
                     rows += [_row(enc, spec, n, None, None, error=str(exc)) for n in bs]
+        if auto and AUTO in models:
+            choice = models[AUTO].backend_choice
         bar = tqdm(total=len(batches) + len(text_batches) if models else 0, desc=f"bench {label}",
                    unit="case", disable=not progress)
         try:
@@ -402,15 +465,17 @@ def bench_encoders(
             gc.collect()
     _add_speedups(rows, stats, paired)
     order = list(specs)
-    rows.sort(key=lambda r: (r["encoder"] != "image", r["requested_batch"],
-                             order.index(r["backend"] if r["provider"] is None
-                                         else f"{r['backend']}:{r['provider']}")))
+    rows.sort(key=lambda r: (r["encoder"] != "image", r["requested_batch"], order.index(_label(r))))
+    if choice is not None:
+        for r in rows:
+            r["auto_pick"] = choice[r["encoder"]].backend_for(r["requested_batch"])
 
     config = {"bundle": str(bnd.path), "model": label, "batches": batches, "text_batches": text_batches,
               "backends": list(specs), "warmup": warmup, "repeats": repeats,
               "min_repeats": MIN_REPEATS, "time_budget_s": time_budget_s, "threads": threads,
               "device": device, "template": TEMPLATE, "interleave": interleave,
-              "other_load": other_cpu_load(snap_start, cpu_snapshot())}
+              "other_load": other_cpu_load(snap_start, cpu_snapshot()),
+              "auto": choice.to_dict() if choice is not None else None}
     how = ("backends timed round-robin within each case (0.1 s settle before each timed call)" if interleave
            else "backends timed one after the other within each case")
     notes = [
@@ -422,6 +487,8 @@ def bench_encoders(
         "image: random normalised pixels; text: prompts 'a photo of a {name}.' with 1–4-word names, "
         "tokens = sequence length after causal truncation (max EOT + 1).",
     ]
+    if choice is not None:
+        notes.append(_auto_note(rows, choice, device))
     retried = sorted({(r["encoder"], r["requested_batch"], r["batch"]) for r in rows if r.get("oom_retry")})
     if retried:
         notes.append("out of memory: " + ", ".join(f"{e} batch {a} ran at batch {b}" for e, a, b in retried)

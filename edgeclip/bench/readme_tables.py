@@ -34,11 +34,13 @@ from edgeclip.bench.result_tables import (
     kernels_select_table,
     kernels_table,
     online_memory_table,
+    session_table,
     tta_accuracy_table,
     tta_paired_table,
     tta_speed_table,
     tta_text_table,
     view_accuracy_table,
+    views_accuracy_table,
     zero_shot_table,
 )
 
@@ -158,6 +160,9 @@ TABLES: dict[str, Table] = {t.name: t for t in (
           "edgeclip bench view-accuracy --n 256 --threads 1 --out docs/results"),
     Table("online-memory", ("online-memory",), online_memory_table,
           "edgeclip bench online-memory --threads 1 --out docs/results"),
+    Table("views-accuracy", ("views-accuracy",), views_accuracy_table,
+          "edgeclip bench views --threads 1 --out docs/results"),
+    Table("session", ("session",), session_table, "edgeclip bench session --out docs/results"),
 )}
 
 

@@ -19,11 +19,13 @@ __all__ = [
     "kernels_select_table",
     "kernels_table",
     "online_memory_table",
+    "session_table",
     "tta_accuracy_table",
     "tta_paired_table",
     "tta_speed_table",
     "tta_text_table",
     "view_accuracy_table",
+    "views_accuracy_table",
     "zero_shot_table",
 ]
 
@@ -302,3 +304,63 @@ def online_memory_table(results: list[dict[str, Any]]) -> str:
             v = s[key]
             rows.append((label, f"{v:.1f} %" if key == "accuracy" else format_value(v)))
     return markdown_table([{"figure": a, "value": b} for a, b in rows], ["figure", "value"])
+
+
+def views_accuracy_table(results: list[dict[str, Any]]) -> str:
+    """Per method: mean held-out accuracy at each view count and, below the largest count, the paired difference
+    against the same method at the largest count (points, 95 % bootstrap interval over frames; bold where it
+    excludes zero). Zero-shot, which takes no views, shows the same figure under every count."""
+    (res,) = results
+    views = list(res["config"]["views"])
+    top = max(views)
+
+    def col(v: int) -> str:
+        return f"n = {v} (reference)" if v == top else f"n = {v}"
+
+    out = []
+    floor = next((r for r in res["rows"] if r["method"] == "zero-shot"), None)
+    for m in res["config"]["methods"]:
+        row: dict[str, Any] = {"method": METHOD_NAMES.get(m, m)}
+        for r in res["rows"]:
+            if r["method"] != m:
+                continue
+            text = f"{r['mean']:.1f}"
+            if r["n_views"] != top and r.get("vs_largest_lo") is not None:
+                diff = f"{r['vs_largest']:+.1f} [{r['vs_largest_lo']:+.1f}, {r['vs_largest_hi']:+.1f}]"
+                text += f" ({'**' + diff + '**' if r.get('vs_largest_significant') else diff})"
+            row[col(r["n_views"])] = text
+        out.append(row)
+    if floor is not None:
+        same = {col(v): f"{floor['mean']:.1f}" for v in views}
+        out.append({"method": "zero-shot (the plain image, no views)", **same})
+    return markdown_table(out, ["method", *(col(v) for v in views)])
+
+
+def session_table(results: list[dict[str, Any]]) -> str:
+    """`edgeclip bench session`: the throughput ratio against a bare loop, every load run's counts and checks,
+    and TPT under a latency budget."""
+    (res,) = results
+    rows: list[list[str]] = []
+    t = res.get("throughput")
+    if t:
+        rows.append(["zero-shot throughput, Session (fifo) / bare predict loop",
+                     f"**{t['ratio']:.3f}×** [{t['ratio_lo']:.3f}, {t['ratio_hi']:.3f}] ({t['rounds']} paired rounds; "
+                     f"{t['session_fps_median']:.0f} vs {t['bare_fps_median']:.0f} frames/s; goal ≥ {t['goal']:.2f}: "
+                     f"{'met' if t['met'] else 'missed'})"])
+    for r in res.get("load", []):
+        mem = r["memory"]
+        flat = {True: "flat", False: "**not flat**"}.get(mem.get("constant"), "not judged")
+        failed = [k for k, v in r["checks"].items() if not v]
+        what = f"{r['method']}, {r['policy']}, {r['producers']} threads × {r['per_producer']:,}"
+        what += f", a failure every {res['config']['fail_every']} calls" if r.get("injected") is not None else ""
+        rows.append([what, f"{r['done']:,} done, {r['dropped']:,} dropped, {r['failed']:,} failed; "
+                           f"{r['served_fps']:.0f} served/s; latency p50 {format_value(r['p50_ms'])} ms, p99 "
+                           f"{format_value(r['p99_ms'])} ms; RSS {flat} ({mem.get('level_growth_mb', 0):+.1f} MB); "
+                           + ("every check passed" if not failed else "**failed: " + ", ".join(failed) + "**")])
+    b = res.get("budget")
+    if b:
+        rows.append([f"TPT on {b['model']}, C = {b['classes']}, budget {b['budget_ms']:g} ms",
+                     f"median {b['median_ms']:.0f} ms (p90 {b['p90_ms']:.0f}) with a median of {b['views_median']:g} "
+                     f"views ({'met' if b['met'] else '**missed**'}; {b['fallbacks']} zero-shot fallbacks); "
+                     f"{b['n_views']} views: {b['full_views_median_ms']:.0f} ms"])
+    return markdown_table([{"run": a, "result": c} for a, c in rows], ["run", "result"])

@@ -1,13 +1,17 @@
 """Image and text encoders behind one interface: callables on torch tensors.
 
 Backends: `torch` (the reference) and `onnxruntime` (TensorRT EP -> CUDA EP -> CPU; CUDA tensors go
-through IO binding, so nothing is copied to the host).
+through IO binding, so nothing is copied to the host). `DispatchImageEncoder` / `DispatchTextEncoder` hold
+one encoder per backend and route each call by its batch size (what ``backend="auto"`` builds when the
+calibrated winner differs between batch sizes; see `edgeclip.runtime.backend_choice`).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -19,6 +23,19 @@ from edgeclip.runtime.io_spec import EOT_INDEX, IMAGE_EMBEDS, PIXELS, TEXT_EMBED
 
 log = logging.getLogger(__name__)
 
+__all__ = [
+    "DispatchImageEncoder",
+    "DispatchTextEncoder",
+    "ImageEncoder",
+    "OrtImageEncoder",
+    "OrtTextEncoder",
+    "TextEncoder",
+    "TorchImageEncoder",
+    "TorchTextEncoder",
+    "check_pixels",
+    "check_text_inputs",
+    "nearest_bucket",
+]
 
 _TORCH_DTYPES = {"float32": torch.float32, "int64": torch.int64}
 
@@ -165,3 +182,71 @@ class OrtTextEncoder(TextEncoder):
         feeds = {TOKEN_EMBEDS.name: token_embeds.to(self.device, _TORCH_DTYPES[TOKEN_EMBEDS.dtype]),
                  EOT_INDEX.name: eot_index.to(self.device, _TORCH_DTYPES[EOT_INDEX.dtype])}
         return _ort_run(self.session, feeds, TEXT_EMBEDS.name, (token_embeds.shape[0], self.embed_dim), self.device)
+
+
+# -- dispatch by batch size -------------------------------------------------------------------------------------
+def nearest_bucket(batch: int, buckets: Sequence[int]) -> int:
+    """The bucket nearest to ``batch`` on a log scale (batch sizes scale by factors, not by steps): with buckets
+    1, 8, 64, batches 1-2 go to 1, 3-22 to 8 and 23 or more to 64. A tie goes to the smaller bucket; a batch
+    below 1 goes to the smallest."""
+    if not buckets:
+        raise ValueError("nearest_bucket needs at least one bucket")
+    ordered = sorted(buckets)
+    if batch < 1:
+        return ordered[0]
+    x = math.log(batch)
+    return min(ordered, key=lambda b: (abs(x - math.log(b)), b))
+
+
+def _check_route(buckets: Sequence[int], winners: Sequence[str], encoders: Mapping[str, Any]) -> None:
+    if len(buckets) == 0 or len(buckets) != len(winners):
+        raise ValueError(f"buckets {list(buckets)} and winners {list(winners)} must be non-empty and match")
+    missing = sorted(set(winners) - set(encoders))
+    if missing:
+        raise ValueError(f"no encoder for backend(s) {missing}")
+
+
+class DispatchImageEncoder(ImageEncoder):
+    """One image encoder per backend; each call goes to the winner of the bucket nearest to its batch size
+    (`nearest_bucket`). It holds every backend's weights at once (an onnxruntime session and a PyTorch module:
+    about twice one encoder's memory). Stateless per call, so it is as thread-safe as the encoders it holds."""
+
+    backend = "auto"
+
+    def __init__(self, encoders: Mapping[str, ImageEncoder], buckets: Sequence[int], winners: Sequence[str]) -> None:
+        _check_route(buckets, winners, encoders)
+        first = encoders[winners[0]]
+        super().__init__(first.image_size, str(first.device))
+        self.encoders = dict(encoders)
+        self.buckets = tuple(buckets)
+        self.winners = tuple(winners)
+
+    def route(self, batch: int) -> str:
+        """The backend a batch of ``batch`` images runs on."""
+        return self.winners[self.buckets.index(nearest_bucket(batch, self.buckets))]
+
+    def _run(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.encoders[self.route(pixels.shape[0])]._run(pixels)
+
+
+class DispatchTextEncoder(TextEncoder):
+    """One text encoder per backend; each call goes to the winner of the bucket nearest to its number of
+    prompts (`nearest_bucket`). It holds every backend's weights at once (about twice one encoder's memory;
+    the PyTorch text tower is loaded for prompt learning anyway). Stateless per call."""
+
+    backend = "auto"
+
+    def __init__(self, encoders: Mapping[str, TextEncoder], buckets: Sequence[int], winners: Sequence[str]) -> None:
+        _check_route(buckets, winners, encoders)
+        first = encoders[winners[0]]
+        super().__init__(first.width, first.context, first.embed_dim, str(first.device))
+        self.encoders = dict(encoders)
+        self.buckets = tuple(buckets)
+        self.winners = tuple(winners)
+
+    def route(self, batch: int) -> str:
+        """The backend a batch of ``batch`` prompts runs on."""
+        return self.winners[self.buckets.index(nearest_bucket(batch, self.buckets))]
+
+    def _run(self, token_embeds: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:
+        return self.encoders[self.route(token_embeds.shape[0])]._run(token_embeds, eot_index)

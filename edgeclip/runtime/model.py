@@ -14,7 +14,10 @@ from safetensors.torch import load_file
 
 from edgeclip.errors import BackendError, BundleError, InputError
 from edgeclip.runtime import bundle as B
+from edgeclip.runtime.backend_choice import BackendChoice, EncoderChoice, choose_backends
 from edgeclip.runtime.encoders import (
+    DispatchImageEncoder,
+    DispatchTextEncoder,
     ImageEncoder,
     OrtImageEncoder,
     OrtTextEncoder,
@@ -42,25 +45,33 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def resolve_backend(backend: str) -> str:
+    """Validate a backend name; "auto" stays "auto" (it is chosen per encoder by `choose_backends`)."""
     if backend not in BACKENDS:
         raise BackendError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if backend == "auto":
-        backend = "onnxruntime" if available_providers() else "torch"
-        log.info("backend auto -> %s", backend)
-    elif backend == "onnxruntime" and not available_providers():
+    if backend == "onnxruntime" and not available_providers():
         raise BackendError("backend 'onnxruntime' asked for but onnxruntime is not installed: "
                            "pip install 'edgeclip[cpu]' (or 'edgeclip[gpu]')")
     return backend
 
 
 class EdgeClip:
-    """A bundle loaded for inference and adaptation. Create with `edgeclip.load`."""
+    """A bundle loaded for inference and adaptation. Create with `edgeclip.load`.
+
+    ``backend``: "torch", "onnxruntime", or "auto": each encoder runs on the backend a short measured
+    calibration found fastest on this machine, per batch size (`edgeclip.runtime.backend_choice`; cached, so
+    it is timed once per bundle, machine, device, thread count and library versions). Under "auto" an encoder
+    whose winner differs between batch sizes is a `DispatchImageEncoder` / `DispatchTextEncoder` holding both
+    backends. ``backend`` then reads "torch", "onnxruntime" or e.g. "auto(image=onnxruntime, text=torch)", and
+    ``backend_choice`` holds the calibration (None for an explicit backend). Once built, the object holds no
+    per-call state of its own, so threads may share it.
+    """
 
     def __init__(self, bundle: B.Bundle, backend: str = "auto", device: str = "cpu",
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, *, recalibrate: bool = False) -> None:
         """`threads` limits both onnxruntime's sessions and PyTorch (`torch.set_num_threads`, which is
         process-wide: it applies to every model and all other PyTorch work in this process). None leaves
-        both at their defaults."""
+        both at their defaults. `recalibrate` (with backend "auto"): time the backends again even when a
+        cached calibration fits."""
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise InputError(f"threads must be a positive integer (or None for the default), got {threads!r}")
         self.bundle = bundle
@@ -68,6 +79,7 @@ class EdgeClip:
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise BackendError(f"device {device!r} asked for but CUDA is not available; use device='cpu'")
         self.backend = resolve_backend(backend)
+        self.backend_choice: BackendChoice | None = None
         self.threads = threads
         if threads is not None:
             torch.set_num_threads(threads)
@@ -76,28 +88,53 @@ class EdgeClip:
         self.tokenizer = Tokenizer(spec.text.tokenizer)
         self.logit_scale = spec.logit_scale
         self.logit_bias = spec.logit_bias
-        self.image_encoder = self._make_image_encoder()
-        self.text_encoder = self._make_text_encoder()
+        if self.backend == "auto":
+            self._build_auto(recalibrate)
+        else:
+            self.image_encoder = self._make_image_encoder(self.backend)
+            self.text_encoder = self._make_text_encoder(self.backend)
 
     # -- construction ---------------------------------------------------------------------------
     def _session(self, name: str) -> Any:
         return make_session(self.bundle.file(name), str(self.device), self.threads,
                             engine_cache=self.bundle.path / "engines" / "ort_trt")
 
-    def _make_image_encoder(self) -> ImageEncoder:
+    def _make_image_encoder(self, backend: str) -> ImageEncoder:
         size = self.preprocess_cfg.image_size
-        if self.backend == "onnxruntime":
+        if backend == "onnxruntime":
             session = self._session(B.IMAGE_ONNX)
             B.check_image_input(self.bundle, session.get_inputs()[0].shape)
             return OrtImageEncoder(session, size, self.bundle.embed_dim, str(self.device))
         return TorchImageEncoder(self._build_visual(), size, str(self.device))
 
-    def _make_text_encoder(self) -> TextEncoder:
+    def _make_text_encoder(self, backend: str) -> TextEncoder:
         t = self.bundle.spec.text
-        if self.backend == "onnxruntime":
+        if backend == "onnxruntime":
             return OrtTextEncoder(self._session(B.TEXT_ONNX), t.width, t.context_length,
                                   self.bundle.embed_dim, t.causal, str(self.device))
         return TorchTextEncoder(self.text_tower, self.bundle.embed_dim, str(self.device))
+
+    def _make_encoder(self, encoder: str, backend: str) -> ImageEncoder | TextEncoder:
+        return self._make_image_encoder(backend) if encoder == "image" else self._make_text_encoder(backend)
+
+    def _build_auto(self, recalibrate: bool) -> None:
+        """Choose (cached or calibrated) and build each encoder on its winners; losers are not kept."""
+        choice, built = choose_backends(self.bundle, str(self.device), self.threads, self._make_encoder,
+                                        recalibrate=recalibrate)
+
+        def assemble(c: EncoderChoice) -> Any:
+            encs = {b: built.get((c.encoder, b)) or self._make_encoder(c.encoder, b) for b in c.backends}
+            if len(encs) == 1:
+                return next(iter(encs.values()))
+            cls = DispatchImageEncoder if c.encoder == "image" else DispatchTextEncoder
+            return cls(encs, c.buckets, c.winners)
+
+        self.image_encoder = assemble(choice.image)
+        self.text_encoder = assemble(choice.text)
+        built.clear()
+        self.backend_choice = choice
+        self.backend = choice.label
+        log.info("backend auto -> %s (%s)", self.backend, choice.source)
 
     def _build_visual(self) -> torch.nn.Module:
         if not self.bundle.has(B.IMAGE_TOWER):
@@ -156,16 +193,20 @@ class EdgeClip:
         return create_method("zeroshot", self, class_names, template=template)
 
     def describe(self) -> dict[str, Any]:
+        """JSON-ready: bundle, backend, device, threads, the encoder types and ``backend_choice`` (the
+        calibration behind backend "auto", or None)."""
         return {"bundle": str(self.bundle.path), "backend": self.backend, "device": str(self.device),
                 "threads": self.threads, "image_encoder": type(self.image_encoder).__name__,
-                "text_encoder": type(self.text_encoder).__name__}
+                "text_encoder": type(self.text_encoder).__name__,
+                "backend_choice": self.backend_choice.to_dict() if self.backend_choice is not None else None}
 
 
 def load(bundle: str | Path | B.Bundle | None = None, backend: str = "auto", device: str = "cpu",
          threads: int | None = None, verify: bool = True) -> EdgeClip:
     """Load a bundle directory (default: the embedded micro CLIP, which knows 16 coloured shapes), validating its
-    manifest and verifying its hashes unless `verify=False`, on a backend ("auto", "torch", "onnxruntime") and
-    device. `threads` limits onnxruntime and PyTorch (process-wide; see `EdgeClip`)."""
+    manifest and verifying its hashes unless `verify=False`, on a backend ("auto": the fastest measured per
+    encoder and batch size, see `EdgeClip`; "torch"; "onnxruntime") and device. `threads` limits onnxruntime
+    and PyTorch (process-wide; see `EdgeClip`)."""
     if bundle is None:
         from edgeclip.assets import default_bundle_path
 

@@ -12,13 +12,18 @@ from edgeclip.errors import InputError
 
 @dataclass
 class Prediction:
-    """Labels, probabilities and the time spent in each stage (seconds) for a batch of images."""
+    """Labels, probabilities and the time spent in each stage (seconds) for a batch of images.
+
+    A `Session` result also carries its frame's sequence number (``seq``, 0, 1, 2, … in submission order) and
+    timestamp, so it lines up with its frame whatever order results arrive in."""
 
     labels: torch.Tensor  # [B] int64
     probs: torch.Tensor  # [B, C]
     class_names: list[str]
     timings: dict[str, float] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    seq: int | None = None
+    timestamp: float | None = None
 
     @property
     def names(self) -> list[str]:

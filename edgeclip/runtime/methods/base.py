@@ -31,7 +31,7 @@ import torch
 
 from edgeclip.errors import InputError
 from edgeclip.runtime.classnames import validate_class_names
-from edgeclip.runtime.methods.config import MODES, check_mode
+from edgeclip.runtime.methods.config import MODES, check_mode, check_positive_int
 from edgeclip.runtime.methods.frames import iter_frames, kernel_views
 from edgeclip.runtime.methods.guard import CollapseGuard
 from edgeclip.runtime.methods.state import clone_state, generator_state, load_generator_state
@@ -70,6 +70,12 @@ class Method(ABC):
     @property
     def device(self) -> torch.device:
         return self.model.device
+
+    @property
+    def stateful(self) -> bool:
+        """True when a prediction depends on the frames before it (online adaptation); a `Session` keeps such a
+        method on one worker so its frames stay in order."""
+        return False
 
     # -- the public, locked API ------------------------------------------------------------------------------
     def predict(self, images: Any) -> Prediction:
@@ -207,10 +213,28 @@ class ViewMethod(Method):
         self.scale = float(model.logit_scale)
         self.guard = CollapseGuard(self.config.guard.window, self.config.guard.max_share)
         self.skipped_steps = 0
+        self._n_views_now: int | None = None
+
+    @property
+    def stateful(self) -> bool:
+        return self.mode == "online"
 
     @property
     def n_views(self) -> int:
-        return self.config.views.n_views
+        """Views per frame: the config's, or the count `predict(..., n_views=)` asked for during that call."""
+        return self.config.views.n_views if self._n_views_now is None else self._n_views_now
+
+    def predict(self, images: Any, *, n_views: int | None = None) -> Prediction:
+        """As `Method.predict`; `n_views` overrides the config's view count for this call only (a `Session`
+        under a latency budget uses it). Each frame's info says how many views it used (``"views"``)."""
+        if n_views is not None:
+            check_positive_int("n_views", n_views)
+        with self._lock:
+            self._n_views_now = n_views
+            try:
+                return self._predict(images)
+            finally:
+                self._n_views_now = None
 
     @property
     def rho(self) -> float:
@@ -247,6 +271,7 @@ class ViewMethod(Method):
             t0 = time.perf_counter()
             result = self.adapt(embeds)
             result.info["frame"] = self.frames_seen
+            result.info["views"] = self.n_views
             self.frames_seen += 1
             if self.mode == "episodic":
                 self._reset_adapted()
