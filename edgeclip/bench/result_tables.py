@@ -352,6 +352,8 @@ def session_table(results: list[dict[str, Any]]) -> str:
         flat = {True: "flat", False: "**not flat**"}.get(mem.get("constant"), "not judged")
         failed = [k for k, v in r["checks"].items() if not v]
         what = f"{r['method']}, {r['policy']}, {r['producers']} threads × {r['per_producer']:,}"
+        what += f" at {r['rate_hz']:g} frames/s each" if r.get("rate_hz") else (
+            " as fast as they can" if r["policy"] == "latest" else "")
         what += f", a failure every {res['config']['fail_every']} calls" if r.get("injected") is not None else ""
         rows.append([what, f"{r['done']:,} done, {r['dropped']:,} dropped, {r['failed']:,} failed; "
                            f"{r['served_fps']:.0f} served/s; latency p50 {format_value(r['p50_ms'])} ms, p99 "

@@ -6,12 +6,14 @@ Parts (each optional):
   streamed through a ``Session(policy="fifo")`` (one producer submitting, results collected from the futures),
   round by round on the same frames, so the ratio Session / bare frames-per-second is paired per round. The
   quoted ratio is the median of the per-round ratios, with their 10th–90th percentile.
-* ``load`` — `producers` threads each submitting `frames` frames as fast as they can into one Session (zero-shot:
-  ``frames_zeroshot`` each; TPT with 64 views: ``frames_tpt`` each), under both policies. Checked: every future
-  completed exactly once (a done-callback counts), done + dropped == submitted (fifo: nothing dropped), every
-  sequence number once, every served result the bare classifier's label for its frame (zero-shot), the session's
-  own counters agreeing; RSS sampled along the run and judged flat by `online_memory.memory_verdict`; throughput
-  and p50/p99 latency.
+* ``load`` — `producers` threads each submitting frames into one Session (zero-shot: ``frames_zeroshot`` each;
+  TPT with 64 views: ``frames_tpt`` each): latest-wins unpaced (as fast as the threads can) and paced (each
+  thread a camera at `ZEROSHOT_RATE_HZ` / `CAMERA_RATE_HZ`), and fifo. Checked by a done-callback on every
+  future (the bench keeps no future or result, so the RSS is the Session's): every future completed exactly
+  once, none left pending, done + dropped (+ failed) == submitted (fifo: nothing dropped), every served result
+  filed under its own sequence number and timestamp and (zero-shot) the bare classifier's label for its frame,
+  the session's own counters agreeing; RSS sampled along the run and judged flat by
+  `online_memory.memory_verdict`; throughput and p50/p99 latency.
 * ``faults`` — fifo load (zero-shot; TPT with a fifth of its frames) with an injected failure on every
   ``fail_every``-th call: every failed frame's future holds the exception, the frames after it are served, the
   counters add up.
@@ -24,14 +26,12 @@ almost every frame is dropped, and the worker shares the interpreter with four b
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import logging
 import statistics
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import CancelledError
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,9 @@ log = logging.getLogger(__name__)
 PARTS = ("throughput", "load", "faults", "budget")
 REPORT_NAME = "session"
 THROUGHPUT_GOAL = 0.90
+#: the paced runs: each producer thread submits at this rate (a camera), zero-shot and TPT
+ZEROSHOT_RATE_HZ = 100.0
+CAMERA_RATE_HZ = 30.0
 
 
 def _frames(n: int) -> tuple[np.ndarray, list[str]]:
@@ -133,81 +136,117 @@ class _Injector:
         method._predict = flaky
 
 
+# outcome codes of a frame, filled in by the done-callback
+_PENDING, _DONE, _DROPPED, _FAILED, _CANCELLED = 0, 1, 2, 3, 4
+
+
+class _Ledger:
+    """What the done-callbacks saw, per sequence number, in preallocated arrays: the bench keeps no future and
+    no result, so the RSS it samples is the Session's own."""
+
+    def __init__(self, total: int) -> None:
+        self.calls = np.zeros(total, dtype=np.int32)
+        self.outcome = np.zeros(total, dtype=np.int8)
+        self.label = np.full(total, -1, dtype=np.int64)
+        self.frame = np.full(total, -1, dtype=np.int64)
+        self.seq_ok = np.ones(total, dtype=bool)
+        self.ts_ok = np.ones(total, dtype=bool)
+        self.injected_errors = 0
+        self.other_errors = 0
+        self._lock = threading.Lock()
+
+    def done(self, fut: Any) -> None:
+        with self._lock:
+            i = fut.seq
+            self.calls[i] += 1
+            if fut.cancelled():
+                self.outcome[i] = _DROPPED if fut.dropped else _CANCELLED
+                return
+            exc = fut.exception()
+            if exc is not None:
+                self.outcome[i] = _FAILED
+                if "injected" in str(exc):
+                    self.injected_errors += 1
+                else:
+                    self.other_errors += 1
+                return
+            pred = fut.result()
+            self.outcome[i] = _DONE
+            self.label[i] = int(pred.labels[0])
+            self.seq_ok[i] = pred.seq == i
+            self.ts_ok[i] = pred.timestamp == fut.timestamp
+
+
 def load_run(model: EdgeClip, names: list[str], *, method: str, policy: str, producers: int, per_producer: int,
              expected: np.ndarray | None, data: np.ndarray, fail_every: int | None = None,
-             samples: int = 40, tick: Callable[[int], None] = lambda n: None, **method_config: Any) -> dict[str, Any]:
-    """`producers` threads × `per_producer` frames into one Session; the checks of the module docstring."""
+             rate_hz: float | None = None, samples: int = 40, tick: Callable[[int], None] = lambda n: None,
+             **method_config: Any) -> dict[str, Any]:
+    """`producers` threads × `per_producer` frames into one Session (each thread at `rate_hz` frames per second,
+    or as fast as it can); the checks of the module docstring."""
     total = producers * per_producer
-    completions = [0] * total  # done-callback calls per seq
-    futures: list[Any] = [None] * total
-    frame_of = np.zeros(total, dtype=np.int64)
-    count_lock = threading.Lock()
+    ledger = _Ledger(total)
     rss: list[dict[str, Any]] = []
     gc.collect()
     rss.append({"frame": 0, "rss_mb": _rss_mb()})
+    session = Session(model, names, method=method, policy=policy, **method_config)
+    injector = _Injector(session.method, fail_every) if fail_every else None
+    every = max(1, per_producer // samples)
 
-    def on_done(fut: Any) -> None:
-        with count_lock:
-            completions[fut.seq] += 1
+    def produce(k: int) -> None:
+        t_next = time.perf_counter()
+        for i in range(per_producer):
+            j = (k * per_producer + i) % len(data)
+            fut = session.submit(data[j], timestamp=float(k * per_producer + i))
+            ledger.frame[fut.seq] = j
+            fut.add_done_callback(ledger.done)
+            del fut
+            if k == 0 and (i + 1) % every == 0:
+                st = session.stats()
+                rss.append({"frame": st.done + st.dropped + st.failed, "rss_mb": _rss_mb()})
+                tick(every * producers)
+            if rate_hz is not None:
+                t_next += 1.0 / rate_hz
+                time.sleep(max(0.0, t_next - time.perf_counter()))
 
-    with Session(model, names, method=method, policy=policy, **method_config) as session:
-        injector = _Injector(session.method, fail_every) if fail_every else None
-        every = max(1, per_producer // samples)
-
-        def produce(k: int) -> None:
-            for i in range(per_producer):
-                j = (k * per_producer + i) % len(data)
-                fut = session.submit(data[j], timestamp=float(k * per_producer + i))
-                frame_of[fut.seq] = j
-                futures[fut.seq] = fut
-                fut.add_done_callback(on_done)
-                if k == 0 and (i + 1) % every == 0:
-                    st = session.stats()
-                    rss.append({"frame": st.done + st.dropped + st.failed, "rss_mb": _rss_mb()})
-                    tick(every * producers)
-
-        t0 = time.perf_counter()
-        threads = [threading.Thread(target=produce, args=(k,), name=f"producer-{k}") for k in range(producers)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        for fut in futures:
-            with contextlib.suppress(CancelledError):
-                fut.exception()  # waits for the frame; CancelledError for a dropped one
-        wall = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=produce, args=(k,), name=f"producer-{k}") for k in range(producers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    session.close(drain=True)  # serves what is still queued, joins the workers: every future is complete
+    wall = time.perf_counter() - t0
     stats = session.stats()
+    gc.collect()
     rss.append({"frame": total, "rss_mb": _rss_mb()})
-    served = [f for f in futures if not f.cancelled() and f.exception() is None]
-    failed = [f for f in futures if not f.cancelled() and f.exception() is not None]
-    dropped = [f for f in futures if f.cancelled()]
-    served_seqs = [f.result().seq for f in served]
+    out = ledger.outcome
+    served = out == _DONE
+    n_done, n_dropped, n_failed = int(served.sum()), int((out == _DROPPED).sum()), int((out == _FAILED).sum())
+    failed_seqs = np.flatnonzero(out == _FAILED)
     checks = {
-        "every_future_done": all(f is not None and f.done() for f in futures),
-        "completed_exactly_once": all(c == 1 for c in completions),
-        "seq_each_once": sorted(f.seq for f in futures) == list(range(total)),
-        "result_seq_matches_future": served_seqs == [f.seq for f in served],
-        "timestamps_match": all(f.result().timestamp == f.timestamp for f in served),
-        "counts_add_up": (stats.submitted == total and stats.done == len(served) and stats.failed == len(failed)
-                          and stats.dropped == len(dropped) and stats.pending == 0
+        "every_future_completed_once": bool((ledger.calls == 1).all()),
+        "no_future_left_pending": bool((out != _PENDING).all()),
+        "result_seq_matches_future": bool(ledger.seq_ok[served].all()),
+        "timestamps_match": bool(ledger.ts_ok[served].all()),
+        "counts_add_up": (stats.submitted == total and stats.done == n_done and stats.failed == n_failed
+                          and stats.dropped == n_dropped and stats.pending == 0
                           and stats.done + stats.dropped + stats.failed + stats.cancelled == total),
-        "fifo_drops_nothing": policy != "fifo" or not dropped,
-        "all_dropped_marked": all(f.dropped for f in dropped),
+        "fifo_drops_nothing": policy != "fifo" or n_dropped == 0,
+        "no_unexpected_errors": ledger.other_errors == 0,
     }
     if expected is not None:
-        checks["labels_match_bare"] = all(int(f.result().labels[0]) == int(expected[frame_of[f.seq]])
-                                          for f in served)
+        checks["labels_match_bare"] = bool((ledger.label[served] == expected[ledger.frame[served]]).all())
     if injector is not None:
-        checks["failures_are_the_injected_ones"] = (len(failed) == injector.raised and all(
-            "injected" in str(f.exception()) for f in failed))
-        checks["served_after_failures"] = bool(failed) and any(f.seq > min(g.seq for g in failed) for f in served)
+        checks["failures_are_the_injected_ones"] = n_failed == injector.raised == ledger.injected_errors
+        checks["served_after_failures"] = bool(failed_seqs.size) and bool(
+            (np.flatnonzero(served) > failed_seqs.min()).any())
     verdict = memory_verdict(rss, warmup=max(1, total // 10))
     lat = stats.latency_ms
     return {
         "method": method, "policy": policy, "producers": producers, "per_producer": per_producer,
-        "submitted": total, "done": len(served), "dropped": len(dropped), "failed": len(failed),
+        "rate_hz": rate_hz, "submitted": total, "done": n_done, "dropped": n_dropped, "failed": n_failed,
         "injected": None if injector is None else injector.raised, "wall_s": wall,
-        "served_fps": len(served) / wall, "submitted_fps": total / wall,
+        "served_fps": n_done / wall, "submitted_fps": total / wall,
         "p50_ms": lat.get("latency", {}).get("p50"), "p99_ms": lat.get("latency", {}).get("p99"),
         "service_p50_ms": lat.get("service", {}).get("p50"), "service_p99_ms": lat.get("service", {}).get("p99"),
         "checks": checks, "ok": all(checks.values()) and verdict["constant"] is not False,
@@ -274,18 +313,22 @@ def bench_session(bundle: str | Path | None = None, *, parts: Sequence[str] | No
     runs = []
     plan: list[tuple[str, str, int, int | None]] = []
     if "load" in parts:
-        plan += [("zeroshot", "latest", frames_zeroshot, None), ("zeroshot", "fifo", frames_zeroshot, None),
-                 ("tpt", "latest", frames_tpt, None), ("tpt", "fifo", frames_tpt, None)]
+        plan += [("zeroshot", "latest", frames_zeroshot, None, None),
+                 ("zeroshot", "latest", frames_zeroshot, None, ZEROSHOT_RATE_HZ),
+                 ("zeroshot", "fifo", frames_zeroshot, None, None),
+                 ("tpt", "latest", frames_tpt, None, None), ("tpt", "latest", frames_tpt, None, CAMERA_RATE_HZ),
+                 ("tpt", "fifo", frames_tpt, None, None)]
     if "faults" in parts:
-        plan += [("zeroshot", "fifo", frames_zeroshot, fail_every),
-                 ("tpt", "fifo", max(1, frames_tpt // 5), fail_every)]
-    for method, policy, per, fail in plan:
-        bar = progress_bar(producers * per, f"{method} {policy}" + (" +faults" if fail else ""), "frame", progress)
+        plan += [("zeroshot", "fifo", frames_zeroshot, fail_every, None),
+                 ("tpt", "fifo", max(1, frames_tpt // 5), fail_every, None)]
+    for method, policy, per, fail, rate in plan:
+        desc = f"{method} {policy}" + (f" {rate:g} Hz" if rate else "") + (" +faults" if fail else "")
+        bar = progress_bar(producers * per, desc, "frame", progress)
         run = load_run(model, names, method=method, policy=policy, producers=producers, per_producer=per,
                        expected=expected if method == "zeroshot" else None, data=data, fail_every=fail,
-                       tick=bar.update)
+                       rate_hz=rate, tick=bar.update)
         bar.close()
-        log.info("%s %s%s: %s", method, policy, " +faults" if fail else "", "ok" if run["ok"] else "FAILED")
+        log.info("%s: %s", desc, "ok" if run["ok"] else "FAILED")
         runs.append(run)
     if runs:
         results["load"] = runs
@@ -311,7 +354,8 @@ def _notes(results: dict[str, Any]) -> list[str]:
                      f"{t['frames_per_round']} frames; goal ≥ {t['goal']:.2f}: {'met' if t['met'] else 'MISSED'})")
     for r in results.get("load", []):
         failed = [k for k, v in r["checks"].items() if not v]
-        notes.append(f"{r['method']} {r['policy']}{' +faults' if r['injected'] is not None else ''}: "
+        paced = f" at {r['rate_hz']:g} Hz per thread" if r.get("rate_hz") else ""
+        notes.append(f"{r['method']} {r['policy']}{paced}{' +faults' if r['injected'] is not None else ''}: "
                      f"{r['submitted']} submitted, {r['done']} done, {r['dropped']} dropped, {r['failed']} failed; "
                      f"memory {'flat' if r['memory']['constant'] else 'NOT flat' if r['memory']['constant'] is False else 'unjudged'}; "  # noqa: E501
                      f"checks {'all passed' if not failed else 'FAILED: ' + ', '.join(failed)}")
@@ -326,7 +370,7 @@ def _notes(results: dict[str, Any]) -> list[str]:
 
 def write_session_report(results: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
     """Write ``out_dir/session.json`` and ``.md``; returns their paths."""
-    rows = [{k: r[k] for k in ("method", "policy", "submitted", "done", "dropped", "failed", "served_fps", "p50_ms",
-                               "p99_ms", "ok")} for r in results.get("load", [])]
+    rows = [{k: r.get(k) for k in ("method", "policy", "rate_hz", "submitted", "done", "dropped", "failed",
+                                   "served_fps", "p50_ms", "p99_ms", "ok")} for r in results.get("load", [])]
     payload = {**results, "rows": rows, "notes": _notes(results)}
     return write_report(payload, Path(out_dir), REPORT_NAME)

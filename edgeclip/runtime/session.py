@@ -110,19 +110,24 @@ def check_frame(frame: Any) -> np.ndarray:
 
 
 class _FrameQueue:
-    """A bounded deque under one condition: the drop policy, blocking puts, close."""
+    """A bounded deque with the drop policy, blocking puts and close. Two conditions on one lock: workers wait on
+    ``_ready``, blocked producers on ``_room``; a waiting producer is woken once the queue is half empty, so a
+    full fifo queue refills in bursts instead of one thread switch per frame."""
 
     def __init__(self, policy: str, capacity: int) -> None:
         self.policy = policy
         self.capacity = capacity
         self._jobs: deque[_Job] = deque()
-        self._cond = threading.Condition()
+        lock = threading.Lock()
+        self._ready = threading.Condition(lock)
+        self._room = threading.Condition(lock)
+        self._low = max(0, capacity // 2)
         self.closed = False
 
     def put(self, job: _Job, block: bool, timeout: float | None) -> list[_Job]:
         """Queue `job`; returns the jobs the latest-wins policy dropped to make room."""
         dropped: list[_Job] = []
-        with self._cond:
+        with self._room:
             if self.closed:
                 raise SessionError("the session is closed; create a new Session")
             if self.policy == "latest":
@@ -135,36 +140,38 @@ class _FrameQueue:
                     if not block or (left is not None and left <= 0):
                         raise SessionError(f"the session's queue is full ({self.capacity} frames waiting)"
                                            + ("" if not block else f" after {timeout} s"))
-                    self._cond.wait(left)
+                    self._room.wait(left)
                 if self.closed:
                     raise SessionError("the session was closed while waiting to queue a frame")
             self._jobs.append(job)
-            self._cond.notify_all()
+            self._ready.notify()
         return dropped
 
     def get(self) -> _Job | None:
         """The next job, waiting for one; None once closed and empty."""
-        with self._cond:
+        with self._ready:
             while not self._jobs and not self.closed:
-                self._cond.wait()
+                self._ready.wait()
             if not self._jobs:
                 return None
             job = self._jobs.popleft()
-            self._cond.notify_all()
+            if len(self._jobs) <= self._low:
+                self._room.notify_all()
             return job
 
     def close(self, drain: bool) -> list[_Job]:
         """Close; returns the waiting jobs to cancel (none with `drain`: workers serve them first)."""
-        with self._cond:
+        with self._ready:
             self.closed = True
             left = [] if drain else list(self._jobs)
             if not drain:
                 self._jobs.clear()
-            self._cond.notify_all()
+            self._ready.notify_all()
+            self._room.notify_all()
             return left
 
     def __len__(self) -> int:
-        with self._cond:
+        with self._ready:
             return len(self._jobs)
 
 

@@ -22,15 +22,16 @@ def tiny_results():
 
 def test_every_load_check_passes_on_a_tiny_run(tiny_results) -> None:
     runs = tiny_results["load"]
-    assert [(r["method"], r["policy"], r["injected"] is not None) for r in runs] == [
-        ("zeroshot", "latest", False), ("zeroshot", "fifo", False), ("tpt", "latest", False), ("tpt", "fifo", False),
-        ("zeroshot", "fifo", True), ("tpt", "fifo", True)]
+    assert [(r["method"], r["policy"], r["rate_hz"] is not None, r["injected"] is not None) for r in runs] == [
+        ("zeroshot", "latest", False, False), ("zeroshot", "latest", True, False), ("zeroshot", "fifo", False, False),
+        ("tpt", "latest", False, False), ("tpt", "latest", True, False), ("tpt", "fifo", False, False),
+        ("zeroshot", "fifo", False, True), ("tpt", "fifo", False, True)]
     for r in runs:
         assert r["ok"], {k: v for k, v in r["checks"].items() if not v}
         assert r["done"] + r["dropped"] + r["failed"] == r["submitted"]
-    fifo_faults = runs[4]
+    fifo_faults = runs[6]
     assert fifo_faults["failed"] == fifo_faults["injected"] == fifo_faults["submitted"] // 3
-    assert runs[1]["checks"]["labels_match_bare"]
+    assert runs[2]["checks"]["labels_match_bare"] and runs[2]["done"] == runs[2]["submitted"]
 
 
 def test_throughput_and_budget_parts_are_recorded(tiny_results) -> None:
@@ -44,7 +45,7 @@ def test_throughput_and_budget_parts_are_recorded(tiny_results) -> None:
 def test_report_is_written_with_notes(tiny_results, tmp_path) -> None:
     paths = write_session_report(tiny_results, tmp_path)
     data = json.loads(paths["json"].read_text())
-    assert data["name"] == "session" and data["machine"]["cpu_model"] and len(data["rows"]) == 6
+    assert data["name"] == "session" and data["machine"]["cpu_model"] and len(data["rows"]) == 8
     md = paths["md"].read_text()
     assert "Session (fifo) / bare predict loop" in md and "checks all passed" in md
 
