@@ -37,6 +37,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
@@ -244,8 +245,12 @@ class Session:
         self._queue = _FrameQueue(policy, queue_size)
         self._close_lock = threading.Lock()
         self._closed = False
-        self._threads = [threading.Thread(target=self._work, args=(m,), name=f"edgeclip-session-{i}", daemon=True)
-                         for i, m in enumerate(self.methods)]
+        # the workers hold the session weakly: a session dropped without close() is collected, and its finaliser
+        # stops the workers (cancelling what still waits) instead of leaving threads behind
+        ref = weakref.ref(self)
+        self._threads = [threading.Thread(target=_work, args=(ref, self._queue, m), name=f"edgeclip-session-{i}",
+                                          daemon=True) for i, m in enumerate(self.methods)]
+        weakref.finalize(self, _abandon, self._queue)
         for t in self._threads:
             t.start()
 
@@ -334,15 +339,11 @@ class Session:
             self._stats.count("submitted")
         return _Job(image, FrameFuture(seq, time.time() if timestamp is None else float(timestamp)))
 
-    def _work(self, method: Method) -> None:
-        while True:
-            job = self._queue.get()
-            if job is None:
-                return
-            if not job.future.set_running_or_notify_cancel():  # cancelled by its owner while waiting
-                self._stats.count("cancelled")
-                continue
-            self._serve(method, job)
+    def _take(self, method: Method, job: _Job) -> None:
+        if not job.future.set_running_or_notify_cancel():  # cancelled by its owner while waiting
+            self._stats.count("cancelled")
+            return
+        self._serve(method, job)
 
     def _serve(self, method: Method, job: _Job) -> None:
         """Run one frame and complete its future (with the result or the exception); never raises."""
@@ -397,3 +398,25 @@ class Session:
         est = self._budget.estimate(self._budget.min_views)
         return (f"zero-shot: {self._budget.min_views} views would take ~{est * 1e3:.0f} ms, over the "
                 f"{self.budget_ms:g} ms budget")
+
+
+def _work(ref: weakref.ReferenceType[Session], queue: _FrameQueue, method: Method) -> None:
+    """A worker: serve jobs until the queue closes, holding the session only while serving one."""
+    while True:
+        job = queue.get()
+        if job is None:
+            return
+        session = ref()
+        if session is None:  # collected between two frames
+            job.future.cancel()
+            return
+        try:
+            session._take(method, job)
+        finally:
+            del session
+
+
+def _abandon(queue: _FrameQueue) -> None:
+    """The finaliser of a session collected without close(): stop the workers, cancel what waits."""
+    for job in queue.close(drain=False):
+        job.future.cancel()

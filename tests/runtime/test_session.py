@@ -192,6 +192,21 @@ def test_with_block_drains_and_close_from_a_callback_does_not_hang(model, frames
     assert s2.closed and not any(t.is_alive() for t in s2._threads)
 
 
+def test_a_session_dropped_without_close_stops_its_workers(model, frames) -> None:
+    import gc
+    import weakref
+
+    s = edgeclip.Session(model, NAMES, policy="fifo")
+    s.submit(frames[0]).result(timeout=30)
+    threads, ref = list(s._threads), weakref.ref(s)
+    del s
+    gc.collect()
+    assert ref() is None
+    for t in threads:
+        t.join(10)
+    assert not any(t.is_alive() for t in threads)
+
+
 def test_a_raising_callback_is_counted_and_the_session_goes_on(model, frames) -> None:
     def boom(pred) -> None:
         raise ValueError("app bug")
