@@ -28,13 +28,28 @@ def _trainable() -> list[str]:
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``train`` to an ``argparse`` subparsers object; returns its parser."""
-    p = subparsers.add_parser(
-        "train", help="train a method (e.g. coop) on labelled images and save its head",
+    """Add ``train`` (one subcommand per trainable method) to an ``argparse`` subparsers object; returns it."""
+    t = subparsers.add_parser("train", help="train a method on images and save its head")
+    tsub = t.add_subparsers(dest="method", required=True, metavar="METHOD")
+    for name in _trainable():
+        if name in _OWN_PARSERS:
+            continue
+        _add_supervised(tsub, name)
+    # methods with their own arguments add their subcommand here (one line each)
+    return t
+
+
+#: trainable methods whose ``train`` subcommand is defined by their own CLI module (not the supervised one)
+_OWN_PARSERS = ("pseudolabel", "ship")
+
+
+def _add_supervised(tsub: Any, name: str) -> argparse.ArgumentParser:
+    """``train NAME``: a method trained on labelled images (a class-folder tree or a shapes spec)."""
+    p = tsub.add_parser(
+        name, help=f"train {name} on labelled images and save its head",
         description="Encode the images once with the bundle's image encoder (a cached, resumable feature pool), "
                     "train the method on the cached embeddings, keep the epoch that is best on a held-out "
                     "validation split, and save what it learnt as a head file (safetensors, atomic).")
-    p.add_argument("method", choices=_trainable(), help="trainable method")
     p.add_argument("--data", required=True, help="training images: a folder with one sub-folder per class, or a "
                    "procedural spec 'shapes[:N[:SHIFT]]'")
     p.add_argument("--val", default=None, help="validation images (same forms as --data); default: --val-split "
