@@ -54,6 +54,10 @@ _PUBLIC: dict[str, str] = {
     "OnlinePrototypesConfig": "edgeclip.runtime.methods.online_prototypes",
     "CoOp": "edgeclip.runtime.methods.coop",
     "CoOpConfig": "edgeclip.runtime.methods.coop",
+    "PseudoLabel": "edgeclip.runtime.methods.pseudolabel",
+    "PseudoLabelConfig": "edgeclip.runtime.methods.pseudolabel",
+    "SHIP": "edgeclip.runtime.methods.ship",
+    "SHIPConfig": "edgeclip.runtime.methods.ship",
     # prototypes, the bank, feature pools, heads
     "ClassPrototypes": "edgeclip.runtime.prototypes",
     "build_prototypes": "edgeclip.runtime.prototypes",
@@ -81,6 +85,7 @@ _PUBLIC: dict[str, str] = {
 }
 
 __all__ = [
+    "SHIP",
     "TPT",
     "BackendError",
     "BundleError",
@@ -104,6 +109,9 @@ __all__ = [
     "PromptSync",
     "PromptSyncConfig",
     "PrototypeBank",
+    "PseudoLabel",
+    "PseudoLabelConfig",
+    "SHIPConfig",
     "Session",
     "SessionError",
     "SessionStats",
@@ -153,7 +161,9 @@ if TYPE_CHECKING:
     from edgeclip.runtime.methods.coop import CoOp, CoOpConfig
     from edgeclip.runtime.methods.online_prototypes import OnlinePrototypes, OnlinePrototypesConfig
     from edgeclip.runtime.methods.promptsync import PromptSync, PromptSyncConfig
+    from edgeclip.runtime.methods.pseudolabel import PseudoLabel, PseudoLabelConfig
     from edgeclip.runtime.methods.registry import create_method, list_methods, register_method
+    from edgeclip.runtime.methods.ship import SHIP, SHIPConfig
     from edgeclip.runtime.methods.tpt import TPT, TPTConfig
     from edgeclip.runtime.methods.zero import Zero, ZeroConfig
     from edgeclip.runtime.methods.zeroshot import ZeroShot, ZeroShotConfig

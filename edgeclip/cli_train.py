@@ -36,6 +36,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
             continue
         _add_supervised(tsub, name)
     # methods with their own arguments add their subcommand here (one line each)
+    from edgeclip.cli_train_ship import add_parser as add_ship
+    add_ship(tsub)
+    from edgeclip.cli_train_pseudolabel import add_parser as add_pseudolabel
+    add_pseudolabel(tsub)
     return t
 
 

@@ -16,7 +16,6 @@ head=path)`` or ``edgeclip classify --method coop --head FILE``.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 from edgeclip.errors import ClassNameError, InputError
 from edgeclip.runtime.methods.base import FitReport, Trainable
 from edgeclip.runtime.methods.config import check_finite, check_positive_int
+from edgeclip.runtime.methods.prompt_training import OptimSettings, lr_at, train_context
 from edgeclip.runtime.methods.zeroshot import image_logits, predict_with_text
 from edgeclip.runtime.model import EdgeClip
 from edgeclip.runtime.pool_sources import norm_name
@@ -88,11 +88,14 @@ def pool_labels_for(pool: Any, class_names: Sequence[str], what: str = "the feat
     return remap[pool.labels]
 
 
-def _lr_at(step: int, total: int, warmup: int, lr: float) -> float:
-    if step < warmup:
-        return lr * (0.1 + 0.9 * step / max(1, warmup))
-    t = (step - warmup) / max(1, total - warmup)
-    return lr * 0.5 * (1.0 + math.cos(math.pi * t))
+def optim_settings(cfg: Any) -> OptimSettings:
+    """The optimiser settings of a config with CoOp's fields (epochs, batch_size, lr, momentum, ...)."""
+    return OptimSettings(cfg.epochs, cfg.batch_size, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.warmup_epochs,
+                         cfg.seed)
+
+
+#: the warm-up cosine schedule (kept under its old name)
+_lr_at = lr_at
 
 
 class CoOp(Trainable):
@@ -141,9 +144,9 @@ class CoOp(Trainable):
         ctx = state.get("ctx")
         if not isinstance(ctx, torch.Tensor) or ctx.shape != self.prompt.ctx.shape:
             got = list(ctx.shape) if isinstance(ctx, torch.Tensor) else type(ctx).__name__
-            raise InputError(f"coop state: ctx must be {list(self.prompt.ctx.shape)}, got {got}")
+            raise InputError(f"{self.name} state: ctx must be {list(self.prompt.ctx.shape)}, got {got}")
         if not bool(torch.isfinite(ctx).all()):
-            raise InputError("coop state: ctx contains NaN or Inf")
+            raise InputError(f"{self.name} state: ctx contains NaN or Inf")
         with torch.no_grad():
             self.prompt.ctx.copy_(ctx)
         self.fitted = bool(state.get("fitted", True))
@@ -177,47 +180,11 @@ class CoOp(Trainable):
             val.check_compatible(self.model)
             val_x, val_y = val.plain, pool_labels_for(val, self.class_names, "the validation pool")
         self._reset_adapted()
-        optimizer = torch.optim.SGD([self.prompt.ctx], lr=cfg.lr, momentum=cfg.momentum,
-                                    weight_decay=cfg.weight_decay)
-        steps_per_epoch = math.ceil(len(y) / cfg.batch_size)
-        total = cfg.epochs * steps_per_epoch
-        warmup = cfg.warmup_epochs * steps_per_epoch
-        g = torch.Generator().manual_seed(cfg.seed)
         report = FitReport(self.name, cfg.epochs, 0, 0.0, len(pool), 0 if val is None else len(val))
-        best: tuple[float, torch.Tensor] | None = None
         t0 = time.perf_counter()
-        from tqdm.auto import tqdm
-
-        step = 0
-        for epoch in tqdm(range(cfg.epochs), desc="coop", unit="epoch", disable=not progress):
-            order = torch.randperm(len(y), generator=g)
-            losses = []
-            for start in range(0, len(y), cfg.batch_size):
-                idx = order[start : start + cfg.batch_size]
-                for group in optimizer.param_groups:
-                    group["lr"] = _lr_at(step, total, warmup, cfg.lr)
-                step += 1
-                logits = image_logits(self.model, x[idx].to(self.device), self._train_text())
-                loss = F.cross_entropy(logits, y[idx].to(self.device))
-                if not torch.isfinite(loss):
-                    report.skipped_steps += 1
-                    continue
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                losses.append(float(loss.detach()))
-            report.train_loss.append(sum(losses) / max(1, len(losses)))
-            if val_x is not None:
-                acc = self._accuracy(val_x, val_y)
-                report.val_accuracy.append(acc)
-                if best is None or acc > best[0]:
-                    best = (acc, self.prompt.ctx.detach().clone())
-                    report.best_epoch = epoch
-        if best is not None:
-            with torch.no_grad():
-                self.prompt.ctx.copy_(best[1])
-        else:
-            report.best_epoch = cfg.epochs - 1
+        evaluate = None if val_x is None else (lambda: self._accuracy(val_x, val_y))
+        step = train_context(self, x, y, optim_settings(cfg), report, evaluate=evaluate, progress=progress,
+                             desc="coop")
         report.steps = step
         report.seconds = time.perf_counter() - t0
         report.extra["train_accuracy"] = self._accuracy(pool.plain, labels)

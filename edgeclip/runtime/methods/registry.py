@@ -41,11 +41,13 @@ def _builtin() -> None:
     from edgeclip.runtime.methods.coop import CoOp
     from edgeclip.runtime.methods.online_prototypes import OnlinePrototypes
     from edgeclip.runtime.methods.promptsync import PromptSync
+    from edgeclip.runtime.methods.pseudolabel import PseudoLabel
+    from edgeclip.runtime.methods.ship import SHIP
     from edgeclip.runtime.methods.tpt import TPT
     from edgeclip.runtime.methods.zero import Zero
     from edgeclip.runtime.methods.zeroshot import ZeroShot
 
-    for cls in (ZeroShot, TPT, PromptSync, Zero, OnlinePrototypes, CoOp):
+    for cls in (ZeroShot, TPT, PromptSync, Zero, OnlinePrototypes, CoOp, SHIP, PseudoLabel):
         register_method(cls)
 
 

@@ -33,6 +33,8 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("online_prototypes", {}),
     ("online_prototypes", {"mode": "episodic"}),
     ("coop", {}),
+    ("ship", {}),
+    ("pseudolabel", {}),
 ]
 IDS = [name + ("-" + "-".join(map(str, o.values())) if o else "") for name, o in CASES]
 
@@ -155,7 +157,7 @@ def test_one_instance_shared_by_four_threads(micro, protos, name, overrides) -> 
     """4 threads × 6 calls on one instance give what one thread gives, frame for frame (deterministic views);
     an online method's results equal a sequential replay in the order the calls were served."""
     frames = shapes.make_batch(24, seed=9, shift="blur").images
-    extra = {"view_fn": content_views(micro)} if name not in ("zeroshot", "coop") else {}
+    extra = {"view_fn": content_views(micro)} if name not in ("zeroshot", "coop", "ship", "pseudolabel") else {}
     shared = make(micro, protos, name, overrides, **extra)
     results: dict[int, Any] = {}
     errors: list[BaseException] = []
