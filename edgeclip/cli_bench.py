@@ -177,6 +177,20 @@ def cmd_bench_session(args: argparse.Namespace) -> int:
     return 0 if results["ok"] else 1
 
 
+def _cmd_module(module: str) -> Any:
+    """A verb that runs `edgeclip.bench.<module>.run(args)` and prints the Markdown report it wrote."""
+
+    def cmd(args: argparse.Namespace) -> int:
+        import importlib
+
+        results = importlib.import_module(f"edgeclip.bench.{module}").run(args)
+        md = Path(args.out) / f"{args.name}.md"
+        _emit(args, results, md.read_text() + f"\nwrote {md} and its JSON")
+        return 0
+
+    return cmd
+
+
 # -- parser ---------------------------------------------------------------------------------------
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``bench`` (with its verbs) to an ``argparse`` subparsers object; returns its parser."""
@@ -335,4 +349,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     bs.add_argument("--out", default="bench-results", help="folder for the JSON and Markdown reports")
     bs.add_argument("--json", action="store_true")
     bs.set_defaults(func=cmd_bench_session)
+    from edgeclip.bench import pseudolabel_eval, ship_eval
+
+    bp = bsub.add_parser("pseudolabel", help="FPL / IFPL / GRIP without labels against zero-shot on held-out shifts "
+                         "of the micro world, paired CIs, per-class accuracy before and after")
+    pseudolabel_eval.add_arguments(bp)
+    bp.add_argument("--json", action="store_true")
+    bp.set_defaults(func=_cmd_module("pseudolabel_eval"))
+    bh = bsub.add_parser("ship", help="SHIP + CoOp against CoOp alone on a base/new split of the micro classes "
+                         "(base, new, harmonic mean, paired CIs)")
+    ship_eval.add_arguments(bh)
+    bh.add_argument("--json", action="store_true")
+    bh.set_defaults(func=_cmd_module("ship_eval"))
     return b

@@ -234,8 +234,8 @@ def plot_per_class(results: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def _main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m edgeclip.bench.pseudolabel_eval", description=__doc__.split("\n")[0])
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `edgeclip bench pseudolabel`."""
     p.add_argument("--bundle", default="micro", help="bundle directory (default: the embedded micro CLIP)")
     p.add_argument("--shifts", default=",".join(DEFAULT_SHIFTS), help="comma-separated shifts")
     p.add_argument("--n-unlabeled", type=int, default=512, help="unlabeled images per shift (default 512)")
@@ -247,8 +247,10 @@ def _main(argv: Sequence[str] | None = None) -> int:
                    "cores, more threads stall the text tower's backward pass by two orders of magnitude)")
     p.add_argument("--out", type=Path, default=Path("bench-results"), help="folder for the JSON, Markdown and PNG")
     p.add_argument("--name", default=REPORT_NAME, help=f"report file stem (default {REPORT_NAME})")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Run `edgeclip bench pseudolabel` with parsed `args`: write the reports, return the results."""
     shifts = [s.strip() for s in args.shifts.split(",") if s.strip()]
     tuning = tune(args.bundle, shifts=shifts, n_unlabeled=args.n_unlabeled, threads=args.threads) if args.tune \
         else None
@@ -262,6 +264,14 @@ def _main(argv: Sequence[str] | None = None) -> int:
     for path in write_report(results, args.out, args.name).values():
         log.info("wrote %s", path)
     log.info("wrote %s", plot_per_class(results, args.out / f"{args.name}.png"))
+    return results
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m edgeclip.bench.pseudolabel_eval", description=__doc__.split("\n")[0])
+    add_arguments(p)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    run(p.parse_args(argv))
     return 0
 
 

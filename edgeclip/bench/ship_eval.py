@@ -218,8 +218,8 @@ def bench_ship(bundle: str | Path = "micro", *, domains: Sequence[str] = ("clean
             "detail": detail, "seconds": seconds, "notes": notes, "machine": machine_info(threads)}
 
 
-def _main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m edgeclip.bench.ship_eval", description=__doc__.split("\n")[0])
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `edgeclip bench ship`."""
     p.add_argument("--bundle", default="micro", help="bundle directory (default: the embedded micro CLIP)")
     p.add_argument("--domains", default="clean,blur", help="comma-separated shifts (default clean,blur)")
     p.add_argument("--shots", type=int, default=16, help="training images per base class (default 16)")
@@ -230,8 +230,10 @@ def _main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch and onnxruntime threads")
     p.add_argument("--out", type=Path, default=Path("bench-results"), help="folder for the JSON and Markdown")
     p.add_argument("--name", default=REPORT_NAME, help=f"report file stem (default {REPORT_NAME})")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Run `edgeclip bench ship` with parsed `args`: write the reports, return the results."""
     prompt = {"epochs": args.prompt_epochs, "batch_size": 32, "lr": 2e-3, "momentum": 0.9, "weight_decay": 5e-4,
               "warmup_epochs": 1}
     results = bench_ship(args.bundle, domains=[d.strip() for d in args.domains.split(",") if d.strip()],
@@ -239,6 +241,14 @@ def _main(argv: Sequence[str] | None = None) -> int:
                          threads=args.threads, seed=args.seed, progress=True)
     for path in write_report(results, args.out, args.name).values():
         log.info("wrote %s", path)
+    return results
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m edgeclip.bench.ship_eval", description=__doc__.split("\n")[0])
+    add_arguments(p)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    run(p.parse_args(argv))
     return 0
 
 
