@@ -177,6 +177,17 @@ def cmd_bench_session(args: argparse.Namespace) -> int:
     return 0 if results["ok"] else 1
 
 
+def cmd_bench_train(args: argparse.Namespace) -> int:
+    from edgeclip.bench.train_speed import bench_train, write_train_report
+
+    results = bench_train(args.bundle, model_name=args.model, classes=args.classes, samples=args.samples,
+                          batch=args.batch, rounds=args.rounds, max_time=args.max_time, threads=args.threads,
+                          cache_dir=Path(args.cache), progress=not args.json)
+    paths = write_train_report(results, Path(args.out), args.suffix)
+    _emit(args, results, paths["md"].read_text() + "\nwrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
 def _cmd_module(module: str) -> Any:
     """A verb that runs `edgeclip.bench.<module>.run(args)` and prints the Markdown report it wrote."""
 
@@ -361,4 +372,20 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     ship_eval.add_arguments(bh)
     bh.add_argument("--json", action="store_true")
     bh.set_defaults(func=_cmd_module("ship_eval"))
+    br = bsub.add_parser("train", help="one GRIP training epoch: cached embeddings and the truncated text tower "
+                         "against the official structure (image tower every step, 77 tokens), with peak memory")
+    src = br.add_mutually_exclusive_group()
+    src.add_argument("--bundle", help="bundle (default: the embedded micro CLIP)")
+    src.add_argument("--model", help="open_clip name: a random-weight bundle exported once into --cache")
+    br.add_argument("--classes", type=positive_int, default=None, help="classes C (default: the micro CLIP's 16)")
+    br.add_argument("--samples", type=positive_int, default=256, help="pseudo-labelled images per epoch")
+    br.add_argument("--batch", type=positive_int, default=16, help="batch size (GRIP: 16)")
+    br.add_argument("--rounds", type=positive_int, default=5, help="paired rounds (one epoch each way)")
+    br.add_argument("--max-time", type=float, default=120.0, help="stop after this many seconds of the slower one")
+    br.add_argument("--threads", type=positive_int, default=None, help="torch and onnxruntime threads")
+    br.add_argument("--cache", default="bench-results/bundles", help="where random-weight bundles are kept")
+    br.add_argument("--suffix", default=None, help="added to the report name (train-speed-SUFFIX)")
+    br.add_argument("--out", default="bench-results", help="folder for the JSON and Markdown reports")
+    br.add_argument("--json", action="store_true")
+    br.set_defaults(func=cmd_bench_train)
     return b
