@@ -360,7 +360,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     bs.add_argument("--out", default="bench-results", help="folder for the JSON and Markdown reports")
     bs.add_argument("--json", action="store_true")
     bs.set_defaults(func=cmd_bench_session)
-    from edgeclip.bench import pseudolabel_eval, ship_eval
+    from edgeclip.bench import pseudolabel_eval, ship_eval, trzsl_eval
 
     bp = bsub.add_parser("pseudolabel", help="FPL / IFPL / GRIP without labels against zero-shot on held-out shifts "
                          "of the micro world, paired CIs, per-class accuracy before and after")
@@ -372,6 +372,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     ship_eval.add_arguments(bh)
     bh.add_argument("--json", action="store_true")
     bh.set_defaults(func=_cmd_module("ship_eval"))
+    bz2 = bsub.add_parser("trzsl", help="transductive zero-shot GRIP (8 seen classes labelled, 8 unseen) against "
+                          "zero-shot: harmonic mean of seen and unseen accuracy, paired CIs")
+    trzsl_eval.add_arguments(bz2)
+    bz2.add_argument("--json", action="store_true")
+    bz2.set_defaults(func=_cmd_module("trzsl_eval"))
     br = bsub.add_parser("train", help="one GRIP training epoch: cached embeddings and the truncated text tower "
                          "against the official structure (image tower every step, 77 tokens), with peak memory")
     src = br.add_mutually_exclusive_group()
