@@ -33,7 +33,7 @@ from edgeclip.runtime.model import EdgeClip
 from edgeclip.runtime.pool_sources import norm_name
 from edgeclip.runtime.prediction import Prediction
 
-__all__ = ["CoOp", "CoOpConfig", "pool_labels_for"]
+__all__ = ["CoOp", "CoOpConfig", "ContextHead", "pool_labels_for"]
 
 
 @dataclass(frozen=True)
@@ -98,35 +98,11 @@ def optim_settings(cfg: Any) -> OptimSettings:
 _lr_at = lr_at
 
 
-class CoOp(Trainable):
-    """Prompt context learnt from labelled images (see the module docstring)."""
-
-    name = "coop"
-    config_class = CoOpConfig
-
-    def __init__(self, model: EdgeClip, class_names: Sequence[str], config: CoOpConfig | None = None) -> None:
-        super().__init__(model, class_names, config)
-        cfg = self.config
-        self.tower = model.text_tower
-        self.tower.requires_grad_(False)
-        if cfg.init is None:
-            g = torch.Generator().manual_seed(cfg.seed)
-            init: str | torch.Tensor = torch.randn(cfg.n_ctx, self.tower.width, generator=g) * cfg.init_std
-        else:
-            init = cfg.init
-        self.prompt = model.prompt_context(init)
-        self.shared_prefix = self.tower.supports_shared_prefix()
-        self.fitted = False
-        self._text: torch.Tensor | None = None
-
-    # -- text ----------------------------------------------------------------------------------------------
-    def _train_text(self) -> torch.Tensor:
-        """Class text embeddings ``[C, D]`` through the differentiable tower (gradient reaches the context)."""
-        if self.shared_prefix:
-            prefix, rest, eot = self.prompt.build_split(self.class_names)
-            return self.tower.forward_shared_prefix(prefix, rest, eot).float()
-        tokens, eot = self.prompt.build(self.class_names)
-        return self.tower(tokens, eot).float()
+class ContextHead:
+    """What a method whose learnt state is one prompt context shares (CoOp, pseudo-label tuning, SHIP): the class
+    text embeddings under the context by the exported text encoder (cached until the context changes), the state
+    ``{"ctx", "fitted"}``, reset to the initial context, and zero-shot prediction with the context. The class
+    sets ``prompt`` (a `PromptContext`), ``fitted`` and ``_text``."""
 
     def text_embeds(self) -> torch.Tensor:
         """Class text embeddings ``[C, D]`` under the current context, by the exported text encoder (cached)."""
@@ -157,13 +133,44 @@ class CoOp(Trainable):
         self.fitted = False
         self._text = None
 
-    # -- predict and fit -----------------------------------------------------------------------------------
     def _predict(self, images: Any) -> Prediction:
         pred = predict_with_text(self.model, images, self.text_embeds(), self.class_names, self.name)
         pred.info["fitted"] = self.fitted
         self.frames_seen += len(pred.labels)
         return pred
 
+
+class CoOp(ContextHead, Trainable):
+    """Prompt context learnt from labelled images (see the module docstring)."""
+
+    name = "coop"
+    config_class = CoOpConfig
+
+    def __init__(self, model: EdgeClip, class_names: Sequence[str], config: CoOpConfig | None = None) -> None:
+        super().__init__(model, class_names, config)
+        cfg = self.config
+        self.tower = model.text_tower
+        self.tower.requires_grad_(False)
+        if cfg.init is None:
+            g = torch.Generator().manual_seed(cfg.seed)
+            init: str | torch.Tensor = torch.randn(cfg.n_ctx, self.tower.width, generator=g) * cfg.init_std
+        else:
+            init = cfg.init
+        self.prompt = model.prompt_context(init)
+        self.shared_prefix = self.tower.supports_shared_prefix()
+        self.fitted = False
+        self._text: torch.Tensor | None = None
+
+    # -- text ----------------------------------------------------------------------------------------------
+    def _train_text(self) -> torch.Tensor:
+        """Class text embeddings ``[C, D]`` through the differentiable tower (gradient reaches the context)."""
+        if self.shared_prefix:
+            prefix, rest, eot = self.prompt.build_split(self.class_names)
+            return self.tower.forward_shared_prefix(prefix, rest, eot).float()
+        tokens, eot = self.prompt.build(self.class_names)
+        return self.tower(tokens, eot).float()
+
+    # -- fit ------------------------------------------------------------------------------------------------
     def _accuracy(self, embeds: torch.Tensor, labels: torch.Tensor) -> float:
         with torch.no_grad():
             logits = image_logits(self.model, embeds.to(self.device), self._train_text().detach())

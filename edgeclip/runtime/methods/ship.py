@@ -41,11 +41,9 @@ from torch import nn
 from edgeclip.errors import ClassNameError, InputError
 from edgeclip.runtime.methods.base import FitReport, Trainable
 from edgeclip.runtime.methods.config import check_finite, check_positive_int
-from edgeclip.runtime.methods.coop import CoOpConfig, pool_labels_for
-from edgeclip.runtime.methods.zeroshot import predict_with_text
+from edgeclip.runtime.methods.coop import ContextHead, CoOpConfig, pool_labels_for
 from edgeclip.runtime.model import EdgeClip
 from edgeclip.runtime.pool_sources import norm_name
-from edgeclip.runtime.prediction import Prediction
 from edgeclip.runtime.prompt import PromptContext
 
 __all__ = ["SHIP", "SHIPConfig", "ShipVAE", "base_new_accuracy", "biased_prompts", "vae_loss"]
@@ -186,7 +184,7 @@ def _lr(step: int, total: int, warmup: int, lr: float) -> float:
     return lr * 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
-class SHIP(Trainable):
+class SHIP(ContextHead, Trainable):
     """CoOp prompt over base + new classes, trained with synthetic new-class features (module docstring)."""
 
     name = "ship"
@@ -240,42 +238,6 @@ class SHIP(Trainable):
             tokens, eot = self.prompt.build(self.class_names)
             out = self.tower(tokens, eot)
         return F.normalize(out.float(), dim=-1)
-
-    def text_embeds(self) -> torch.Tensor:
-        """Class text embeddings ``[C, D]`` under the learnt context, by the exported text encoder (cached)."""
-        if self._text is None:
-            with torch.no_grad():
-                tokens, eot = self.prompt.build(self.class_names)
-                self._text = F.normalize(self.model.text_encoder(tokens.detach(), eot).float(), dim=-1)
-        return self._text
-
-    # -- state ---------------------------------------------------------------------------------------------
-    def _adapted_state(self) -> dict[str, Any]:
-        return {"ctx": self.prompt.ctx.detach(), "fitted": self.fitted}
-
-    def _load_adapted_state(self, state: dict[str, Any]) -> None:
-        ctx = state.get("ctx")
-        if not isinstance(ctx, torch.Tensor) or ctx.shape != self.prompt.ctx.shape:
-            got = list(ctx.shape) if isinstance(ctx, torch.Tensor) else type(ctx).__name__
-            raise InputError(f"ship state: ctx must be {list(self.prompt.ctx.shape)}, got {got}")
-        if not bool(torch.isfinite(ctx).all()):
-            raise InputError("ship state: ctx contains NaN or Inf")
-        with torch.no_grad():
-            self.prompt.ctx.copy_(ctx)
-        self.fitted = bool(state.get("fitted", True))
-        self._text = None
-
-    def _reset_adapted(self) -> None:
-        self.prompt.reset()
-        self.fitted = False
-        self._text = None
-
-    # -- predict -------------------------------------------------------------------------------------------
-    def _predict(self, images: Any) -> Prediction:
-        pred = predict_with_text(self.model, images, self.text_embeds(), self.class_names, self.name)
-        pred.info["fitted"] = self.fitted
-        self.frames_seen += len(pred.labels)
-        return pred
 
     # -- fit -----------------------------------------------------------------------------------------------
     def _check_pool(self, pool: Any) -> torch.Tensor:
