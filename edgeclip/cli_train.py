@@ -17,7 +17,7 @@ from typing import Any
 from edgeclip.cli_args import is_embedded_bundle, nonnegative_int, parse_setting, positive_int
 from edgeclip.errors import EdgeClipError
 
-__all__ = ["add_parser", "cmd_train", "default_out"]
+__all__ = ["add_parser", "cmd_train", "default_out", "head_out"]
 
 
 def _trainable() -> list[str]:
@@ -82,6 +82,14 @@ def _add_supervised(tsub: Any, name: str) -> argparse.ArgumentParser:
     return p
 
 
+def head_out(args: argparse.Namespace, method: str) -> Path:
+    """``--out`` (or `default_out`), refused when it exists and ``--overwrite`` was not given."""
+    out = Path(args.out).expanduser() if args.out else default_out(args.bundle, method)
+    if out.exists() and not args.overwrite:
+        raise EdgeClipError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
+    return out
+
+
 def default_out(bundle: str | None, method: str) -> Path:
     """The default head path: inside a user's bundle, or the current folder for the embedded bundle."""
     from edgeclip.runtime.head import default_head_path
@@ -126,9 +134,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from edgeclip.runtime.classnames import parse_class_spec
     from edgeclip.runtime.feature_pool import ViewPolicy, build_feature_pool
 
-    out = Path(args.out).expanduser() if args.out else default_out(args.bundle, args.method)
-    if out.exists() and not args.overwrite:
-        raise EdgeClipError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
+    out = head_out(args, args.method)
     if not 0.0 <= args.val_split < 1.0:
         raise EdgeClipError(f"--val-split must lie in [0, 1), got {args.val_split}")
     t0 = time.perf_counter()

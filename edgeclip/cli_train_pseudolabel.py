@@ -83,13 +83,11 @@ def cmd_train_pseudolabel(args: argparse.Namespace) -> int:
     """Train, save the head, print the report. Returns 0."""
     import edgeclip
     from edgeclip.cli_args import emit
-    from edgeclip.cli_train import default_out
+    from edgeclip.cli_train import head_out
     from edgeclip.runtime.classnames import parse_class_spec
     from edgeclip.runtime.feature_pool import build_feature_pool
 
-    out = Path(args.out).expanduser() if args.out else default_out(args.bundle, "pseudolabel")
-    if out.exists() and not args.overwrite:
-        raise EdgeClipError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
+    out = head_out(args, "pseudolabel")
     if args.paradigm != "ul" and args.labeled is None:
         raise EdgeClipError(f"--paradigm {args.paradigm} needs --labeled images")
     if args.paradigm == "ul" and args.labeled is not None:

@@ -100,13 +100,11 @@ def cmd_train_ship(args: argparse.Namespace) -> int:
     """Train SHIP, save the head, print the report. Returns 0."""
     import edgeclip
     from edgeclip.cli_args import emit
-    from edgeclip.cli_train import default_out
+    from edgeclip.cli_train import head_out
     from edgeclip.runtime.classnames import parse_class_spec
     from edgeclip.runtime.feature_pool import ViewPolicy, build_feature_pool
 
-    out = Path(args.out).expanduser() if args.out else default_out(args.bundle, "ship")
-    if out.exists() and not args.overwrite:
-        raise EdgeClipError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
+    out = head_out(args, "ship")
     if not 0.0 <= args.val_split < 1.0:
         raise EdgeClipError(f"--val-split must lie in [0, 1), got {args.val_split}")
     t0 = time.perf_counter()

@@ -31,6 +31,7 @@ import re
 import stat
 import sys
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,7 +76,7 @@ class Frame:
     source: str
 
 
-class Source:
+class Source(ABC):
     """An open frame source: iterate it for :class:`Frame` objects; close it (or use ``with``) when done.
 
     Iteration is single-pass: a second loop continues where the first stopped. After the last frame, an error
@@ -113,24 +114,25 @@ class Source:
         return self._frames_read
 
     @property
+    @abstractmethod
     def closed(self) -> bool:
         """True once the source was closed or read to its end."""
-        raise NotImplementedError
 
     @property
     def capture(self) -> Any:
         """The underlying ``cv2.VideoCapture`` (to set device properties), or None for folders and globs."""
         return None
 
+    @abstractmethod
     def close(self) -> None:
         """Release the file, device or connection. Safe to call more than once."""
-        raise NotImplementedError
 
     def __iter__(self) -> Iterator[Frame]:
         return self
 
+    @abstractmethod
     def __next__(self) -> Frame:
-        raise NotImplementedError
+        """The next frame; StopIteration after the last one, SourceError when reading fails."""
 
     def __enter__(self) -> Source:
         return self

@@ -10,7 +10,7 @@ the mean over shifts), and per-class accuracy before (zero-shot) and after (GRIP
 `tune` chooses epochs and lr for GRIP on the validation stream (`edgeclip.data.streams.validation`) with an
 unlabeled pool drawn with `TUNE_POOL_SEED`; the measurement never sees those images. Run as a script::
 
-    python -m edgeclip.bench.pseudolabel_eval --out docs/results --tune
+    edgeclip bench pseudolabel --out docs/results --tune
 """
 
 from __future__ import annotations
@@ -265,15 +265,3 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         log.info("wrote %s", path)
     log.info("wrote %s", plot_per_class(results, args.out / f"{args.name}.png"))
     return results
-
-
-def _main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m edgeclip.bench.pseudolabel_eval", description=__doc__.split("\n")[0])
-    add_arguments(p)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    run(p.parse_args(argv))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(_main())

@@ -16,7 +16,7 @@ classes only), harmonic mean H; SHIP − CoOp differences with paired 95 % perce
 test frames (`edgeclip.bench.paired`; for H the base and new frames are resampled within their side, the same
 resample for both methods). Run it as a script::
 
-    python -m edgeclip.bench.ship_eval --out docs/results
+    edgeclip bench ship --out docs/results
 """
 
 from __future__ import annotations
@@ -242,15 +242,3 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for path in write_report(results, args.out, args.name).values():
         log.info("wrote %s", path)
     return results
-
-
-def _main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m edgeclip.bench.ship_eval", description=__doc__.split("\n")[0])
-    add_arguments(p)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    run(p.parse_args(argv))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(_main())
