@@ -35,7 +35,8 @@ def add_parser(train_subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--labeled", default=None, help="labelled images for ssl / trzsl: a folder with one sub-folder per "
                    "class, or a procedural spec")
     p.add_argument("--seen", default=None, help="trzsl: the seen classes (NAMES or @file; default: the --labeled "
-                   "classes); the other classes are unseen and get the pseudo-labels")
+                   "classes); the other classes are unseen and get the pseudo-labels, so --unlabeled should hold "
+                   "images of the unseen classes only")
     p.add_argument("--val", default=None, help="labelled validation images for selection (default: held-out "
                    "pseudo-labels)")
     p.add_argument("--strategy", choices=["fpl", "ifpl", "grip"], default="grip", help="default grip")
@@ -52,6 +53,9 @@ def add_parser(train_subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime"])
     p.add_argument("--threads", type=positive_int, help="CPU threads (onnxruntime and PyTorch)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing head file")
+    p.add_argument("--plot", default=None, metavar="PNG", help="write the per-class accuracy on the unlabeled "
+                   "images before (zero-shot) and after as a PNG; needs their classes (class sub-folders or a "
+                   "shapes spec) and matplotlib")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_train_pseudolabel)
     return p
@@ -77,6 +81,27 @@ def _summary(report: Any, path: Path, names: list[str]) -> list[str]:
                 lines.append(f"  {name:<24} {100 * a:5.1f} -> {100 * b:5.1f}")
     lines.append(f"use it: edgeclip classify --head {path} IMAGES")
     return lines
+
+
+def _plot_per_class(report: Any, path: Path) -> Path:
+    """The per-class chart of `report` (zero-shot -> tuned on the unlabeled images) as a PNG at `path`."""
+    from edgeclip.bench.figures import check_matplotlib, per_class_bars, save_figure
+
+    check_matplotlib()
+    from matplotlib.figure import Figure
+
+    pc = report.extra["per_class"]
+    keep = [i for i, (a, b) in enumerate(zip(pc["zero_shot"], pc["tuned"], strict=True))
+            if a is not None and b is not None]
+    fig = Figure(figsize=(max(6.0, 0.45 * len(keep) + 2), 4.2))
+    ax = fig.subplots()
+    per_class_bars(ax, [pc["classes"][i] for i in keep], [100 * pc["zero_shot"][i] for i in keep],
+                   [100 * pc["tuned"][i] for i in keep], ("zero-shot", report.extra["strategy"].upper()),
+                   "accuracy on the unlabeled images (%)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_figure(fig, path)
+    return path
 
 
 def cmd_train_pseudolabel(args: argparse.Namespace) -> int:
@@ -105,8 +130,15 @@ def cmd_train_pseudolabel(args: argparse.Namespace) -> int:
     method = edgeclip.create_method("pseudolabel", model, classes, **settings)
     cache: Any = False if args.no_cache else (args.cache or True)
     progress = not args.json
+    if args.plot is not None:
+        from edgeclip.bench.figures import check_matplotlib
+
+        check_matplotlib()
     pool = build_feature_pool(model, args.unlabeled, class_names=classes, seed=args.seed, cache=cache,
                               progress=progress)
+    if args.plot is not None and not pool.is_labelled:
+        raise EdgeClipError(f"--plot needs the classes of the --unlabeled images (class sub-folders or a shapes "
+                            f"spec) to score them; {args.unlabeled} has none")
     labeled = None
     if args.labeled is not None:
         labeled = build_feature_pool(model, args.labeled, class_names=seen, cache=cache, progress=progress)
@@ -122,5 +154,9 @@ def cmd_train_pseudolabel(args: argparse.Namespace) -> int:
         shutil.rmtree(work, ignore_errors=True)
     payload = {"head": str(path), "method": "pseudolabel", "classes": method.class_names,
                "report": report.to_dict(), "seconds": round(time.perf_counter() - t0, 3), "backend": model.backend}
-    emit(args, payload, "\n".join(_summary(report, path, method.class_names)))
+    lines = _summary(report, path, method.class_names)
+    if args.plot is not None:
+        payload["plot"] = str(_plot_per_class(report, Path(args.plot).expanduser()))
+        lines.append(f"wrote {payload['plot']}")
+    emit(args, payload, "\n".join(lines))
     return 0

@@ -28,14 +28,24 @@ def _save(folder: Path, n: int, seed: int) -> Path:
     return folder
 
 
+def plot_args(tmp_path: Path) -> list[str]:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return []
+    return ["--plot", str(tmp_path / "per-class.png")]
+
+
 def test_train_ul_then_classify_with_the_head(names_file: Path, tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "pl.head.safetensors"
     rc = main(["train", "pseudolabel", "--classes", f"@{names_file}", "--unlabeled", "shapes:96:blur",
                "--strategy", "grip", "--paradigm", "ul", "--set", "rounds=2", "--set", "epochs=1", "--no-cache",
-               "--out", str(out), "--json"])
+               "--out", str(out), "--json", *plot_args(tmp_path)])
     assert rc == 0
     report = json.loads(capsys.readouterr().out)
+    if "plot" in report:  # with matplotlib: the per-class chart
+        assert Path(report["plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert report["head"] == str(out) and report["method"] == "pseudolabel"
     rounds = report["report"]["extra"]["rounds"]
     assert [r["k"] for r in rounds] == [3, 6] and report["report"]["extra"]["strategy"] == "grip"
@@ -64,6 +74,11 @@ def test_ssl_from_folders_keeps_a_given_work_folder(names_file: Path, tmp_path: 
     text = capsys.readouterr().out
     assert "fpl / ssl" in text and "round  1: K=4, 64 pseudo-labels" in text
     assert [p.name for p in work.iterdir()] == ["round-001.safetensors"]
+    if plot_args(tmp_path):  # unlabeled images without classes cannot be scored per class: refused before training
+        rc = main(["train", "pseudolabel", "--classes", ",".join(NAMES), "--unlabeled", str(unlabeled),
+                   "--no-cache", "--out", str(tmp_path / "x.head.safetensors"), *plot_args(tmp_path)])
+        assert rc == 2 and "--plot needs the classes" in capsys.readouterr().err
+        assert not (tmp_path / "x.head.safetensors").exists()
 
 
 def test_bad_input_exits_2_with_a_clear_message(names_file: Path, tmp_path: Path,

@@ -7,8 +7,15 @@ accuracy is measured on `n_test` images of the same shift from the held-out stre
 images (`edgeclip.bench.paired`: paired differences in points with 95 % bootstrap intervals, per shift and for
 the mean over shifts), and per-class accuracy before (zero-shot) and after (GRIP) shows which classes gain.
 
+Besides the three strategies the default run measures two GRIP variants (`VARIANTS`): ``grip-warm`` (each
+round starts from the previous round's prompt, as the official code does by accident) and ``grip-ssl`` (SSL: 2
+labelled images per class from the proxy stream seed `LABELED_SEED`, beside the pseudo-labels). An ordering table
+gives the paired differences between neighbours (GRIP − IFPL, IFPL − FPL, and each variant − GRIP), and the
+pseudo-label table the share of correct pseudo-labels in each strategy's last round.
+
 `tune` chooses epochs and lr for GRIP on the validation stream (`edgeclip.data.streams.validation`) with an
-unlabeled pool drawn with `TUNE_POOL_SEED`; the measurement never sees those images. Run as a script::
+unlabeled pool drawn with `TUNE_POOL_SEED`; the measurement never sees those images. ``--tuning-record FILE``
+reuses the tuning of an earlier report instead of tuning again. Run::
 
     edgeclip bench pseudolabel --out docs/results --tune
 """
@@ -30,11 +37,12 @@ from edgeclip.bench.paired import MEAN, paired_differences
 from edgeclip.bench.report import machine_info, write_report
 from edgeclip.data import shapes
 from edgeclip.data.streams import EVAL_SEED, VALIDATION_SEED, held_out, validation
+from edgeclip.errors import InputError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_SHIFTS", "POOL_SEED", "REPORT_NAME", "TUNE_POOL_SEED", "bench_pseudolabel", "plot_per_class",
-           "tune"]
+__all__ = ["DEFAULT_SHIFTS", "LABELED_SEED", "POOL_SEED", "REPORT_NAME", "TUNE_POOL_SEED", "VARIANTS",
+           "bench_pseudolabel", "labelled_pool", "plot_per_class", "tune", "variant_settings"]
 
 REPORT_NAME = "pseudolabel-micro"
 #: the shifted conditions where zero-shot leaves room (clean is at 99.5 %, invert at chance)
@@ -43,7 +51,42 @@ DEFAULT_SHIFTS = ("gaussian_noise", "blur", "low_contrast", "sketch", "textured_
 POOL_SEED = 20_500
 #: seed of the tuning's unlabeled pools
 TUNE_POOL_SEED = 21_500
+#: seed of the labelled images (SSL here, the seen classes in TRZSL): a proxy stream disjoint from the others
+LABELED_SEED = 20_600
 STRATEGIES = ("fpl", "ifpl", "grip")
+#: the measured runs: the three strategies, then GRIP warm-started and GRIP with 2 labels per class (SSL)
+VARIANTS = (*STRATEGIES, "grip-warm", "grip-ssl")
+#: labelled images per class of the ``-ssl`` variants (the paper's SSL setting)
+SSL_PER_CLASS = 2
+
+
+def variant_settings(name: str) -> dict[str, Any]:
+    """The `PseudoLabelConfig` overrides of a run name: ``STRATEGY[-warm][-ssl]``."""
+    strategy, *flags = name.split("-")
+    if strategy not in STRATEGIES or any(f not in ("warm", "ssl") for f in flags) or len(set(flags)) != len(flags):
+        raise InputError(f"a run is STRATEGY[-warm][-ssl] with STRATEGY in {STRATEGIES}, got {name!r}")
+    return {"strategy": strategy, "paradigm": "ssl" if "ssl" in flags else "ul", "warm_start": "warm" in flags}
+
+
+def labelled_pool(model: Any, shift: str, per_class: int, classes: Sequence[str] | None = None, *,
+                  seed: int = LABELED_SEED) -> Any:
+    """A labelled `FeaturePool` of `per_class` images of each of `classes` (default all) under `shift`, the first
+    ones of the proxy stream `seed` (default `LABELED_SEED`)."""
+    from edgeclip.runtime.feature_pool import build_feature_pool
+
+    names = shapes.class_names()
+    wanted = {names.index(c) for c in (classes or names)}
+    batch = shapes.make_batch(4 * per_class * len(names), seed=seed, shift=shift)
+    counts: dict[int, int] = {}
+    keep = []
+    for i, label in enumerate(batch.labels.tolist()):
+        if label in wanted and counts.get(label, 0) < per_class:
+            counts[label] = counts.get(label, 0) + 1
+            keep.append(i)
+    if len(keep) < per_class * len(wanted):
+        raise ValueError(f"the labelled stream gave {len(keep)} images for {per_class} x {len(wanted)}")
+    return build_feature_pool(model, [batch.images[i] for i in keep], class_names=names,
+                              labels=[int(batch.labels[i]) for i in keep], cache=False)
 
 
 def _embed(model: Any, batch: Any) -> tuple[torch.Tensor, np.ndarray]:
@@ -83,9 +126,11 @@ def _run_shift(model: Any, shift: str, strategies: Sequence[str], *, n_unlabeled
     out["correct"]["zero-shot"] = pred == y
     out["per_class"]["zero-shot"] = _per_class(pred, y, len(names))
     for strategy in strategies:
-        method = create_method("pseudolabel", model, names, strategy=strategy, paradigm="ul", **settings)
+        run_settings = {**settings, **variant_settings(strategy)}
+        labeled = labelled_pool(model, shift, SSL_PER_CLASS) if run_settings["paradigm"] == "ssl" else None
+        method = create_method("pseudolabel", model, names, **run_settings)
         t0 = time.perf_counter()
-        report = method.fit(pool)
+        report = method.fit(pool, labeled=labeled)
         pred = _scores(model, x, method.text_embeds())
         out["correct"][strategy] = pred == y
         out["per_class"][strategy] = _per_class(pred, y, len(names))
@@ -121,11 +166,12 @@ def tune(bundle: Any = "micro", *, shifts: Sequence[str] = DEFAULT_SHIFTS, n_unl
 
 
 def bench_pseudolabel(bundle: Any = "micro", *, shifts: Sequence[str] = DEFAULT_SHIFTS, n_unlabeled: int = 512,
-                      n_test: int = 1024, strategies: Sequence[str] = STRATEGIES,
+                      n_test: int = 1024, strategies: Sequence[str] = VARIANTS,
                       settings: dict[str, Any] | None = None, threads: int | None = None,
                       tuning: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Accuracy (%) of zero-shot and each UL strategy per shift on the held-out stream, paired differences against
-    zero-shot with 95 % bootstrap intervals, per-class accuracy; a `write_report` dict."""
+    """Accuracy (%) of zero-shot and each run (`variant_settings` names) per shift on the held-out stream, paired
+    differences against zero-shot and between neighbouring runs with 95 % bootstrap intervals, per-class accuracy,
+    the last round's pseudo-label accuracy; a `write_report` dict."""
     import edgeclip
 
     settings = dict(settings or {})
@@ -153,6 +199,14 @@ def bench_pseudolabel(bundle: Any = "micro", *, shifts: Sequence[str] = DEFAULT_
                                {s: per_shift[s]["correct"]["zero-shot"] for s in shifts})
         diffs.append({"method": m, **{s: d[s].format() for s in shifts}, "mean": d[MEAN].format(),
                       "verdict": d[MEAN].verdict, "detail": {k: v.to_dict() for k, v in d.items()}})
+    order_rows = []
+    for a, b in _neighbours(strategies):
+        d = paired_differences({s: per_shift[s]["correct"][a] for s in shifts},
+                               {s: per_shift[s]["correct"][b] for s in shifts})
+        order_rows.append({"comparison": f"{a} − {b}", **{s: d[s].format() for s in shifts},
+                           "mean": d[MEAN].format(), "verdict": d[MEAN].verdict.replace("beats", f"{a} beats")})
+    pseudo_rows = [{"method": m, **{s: 100.0 * per_shift[s]["fit"][m]["rounds"][-1]["pseudo_label_accuracy"]
+                                    for s in shifts}} for m in strategies]
     # the Robin Hood view: per class, mean over shifts, zero-shot vs GRIP (or the last strategy)
     after = "grip" if "grip" in strategies else strategies[-1]
     zs_pc = np.nanmean([per_shift[s]["per_class"]["zero-shot"] for s in shifts], axis=0)
@@ -170,7 +224,8 @@ def bench_pseudolabel(bundle: Any = "micro", *, shifts: Sequence[str] = DEFAULT_
     config = {"model": model_label(model.bundle), "shifts": list(shifts), "n_unlabeled": n_unlabeled,
               "n_test": n_test, "eval_seed": EVAL_SEED, "pool_seed": POOL_SEED, "strategies": list(strategies),
               "settings": settings, "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size,
-              "rounds": {s: PseudoLabelConfig(strategy=s).n_rounds for s in strategies}, "k": cfg.k,
+              "rounds": {s: PseudoLabelConfig(strategy=variant_settings(s)["strategy"]).n_rounds for s in strategies},
+              "k": cfg.k, "ssl_per_class": SSL_PER_CLASS, "labeled_seed": LABELED_SEED,
               "threads": threads, "tuning": tuning}
     notes = [f"UL (no labels): accuracy in % on {n_test} held-out images per shift (seed {EVAL_SEED}); each method "
              f"tuned a 16-vector prompt on {n_unlabeled} unlabeled images of the same shift (proxy stream, seed "
@@ -179,6 +234,9 @@ def bench_pseudolabel(bundle: Any = "micro", *, shifts: Sequence[str] = DEFAULT_
              f"GRIP 10 rounds. {seconds:.0f} s.",
              "Differences against zero-shot: points, paired 95 % bootstrap interval over test images (per shift; "
              "mean: resampled within every shift). 'beats' only where the interval excludes zero.",
+             f"grip-warm: every round starts from the previous round's prompt (the official code's accidental "
+             f"behaviour; the default re-initialises). grip-ssl: SSL, {SSL_PER_CLASS} labelled images per class "
+             f"(proxy stream seed {LABELED_SEED}) beside the pseudo-labels, one sample one vote.",
              f"Per class (mean over shifts), zero-shot -> {after}: the poorer half of the classes gains "
              f"{robin['poorer_half_gain']:+.1f} points, the richer half {robin['richer_half_gain']:+.1f}; correlation "
              f"of zero-shot accuracy with the gain {robin['corr_zero_shot_vs_gain']:+.2f}."]
@@ -188,6 +246,10 @@ def bench_pseudolabel(bundle: Any = "micro", *, shifts: Sequence[str] = DEFAULT_
     tables = [{"title": "Difference against zero-shot (points, 95 % CI)", "columns": ["method", *shifts, "mean",
                                                                                       "verdict"],
                "rows": [{k: v for k, v in d.items() if k != "detail"} for d in diffs]},
+              {"title": "Between runs (points, 95 % CI): does each step help?",
+               "columns": ["comparison", *shifts, "mean", "verdict"], "rows": order_rows},
+              {"title": "Pseudo-label accuracy (%) in each run's last round",
+               "columns": ["method", *shifts], "rows": pseudo_rows},
               {"title": f"Per-class accuracy (%), mean over shifts: zero-shot vs {after}",
                "columns": ["class", "zero-shot", after, "change"], "rows": class_rows}]
     if tuning:
@@ -201,25 +263,30 @@ def bench_pseudolabel(bundle: Any = "micro", *, shifts: Sequence[str] = DEFAULT_
             "classes": names, "seconds": seconds, "notes": notes, "machine": machine_info(threads)}
 
 
+def _neighbours(runs: Sequence[str]) -> list[tuple[str, str]]:
+    """The comparisons of the ordering table: grip − ifpl, ifpl − fpl, and every variant − its plain strategy."""
+    out = [(a, b) for a, b in (("grip", "ifpl"), ("ifpl", "fpl")) if a in runs and b in runs]
+    for r in runs:
+        base = variant_settings(r)["strategy"]
+        if r != base and base in runs:
+            out.append((r, base))
+    return out
+
+
 def plot_per_class(results: dict[str, Any], path: Path) -> Path:
     """Per-class accuracy before (zero-shot) and after (GRIP), mean over shifts, classes sorted by zero-shot; and
     every (shift, class) gain against its zero-shot accuracy."""
-    from edgeclip.bench.figures import check_matplotlib, save_figure
+    from edgeclip.bench.figures import check_matplotlib, per_class_bars, save_figure
 
     check_matplotlib()
     from matplotlib.figure import Figure
 
-    rows = results["tables"][1]["rows"]
-    after = results["tables"][1]["columns"][2]
+    table = next(t for t in results["tables"] if t["columns"][0] == "class")
+    rows, after = table["rows"], table["columns"][2]
     fig = Figure(figsize=(11, 4.2))
     ax, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [2, 1]})
-    idx = np.arange(len(rows))
-    ax.bar(idx - 0.2, [r["zero-shot"] for r in rows], 0.4, label="zero-shot", color="tab:grey")
-    ax.bar(idx + 0.2, [r[after] for r in rows], 0.4, label=after.upper(), color="tab:orange")
-    ax.set_xticks(idx, [r["class"] for r in rows], rotation=60, ha="right", fontsize=8)
-    ax.set_ylabel("accuracy (%), mean over shifts")
-    ax.set_title("per class, sorted by zero-shot accuracy")
-    ax.legend()
+    per_class_bars(ax, [r["class"] for r in rows], [r["zero-shot"] for r in rows], [r[after] for r in rows],
+                   ("zero-shot", after.upper()), "accuracy (%), mean over shifts")
     for shift, pc in results["per_class"].items():
         zs, tu = np.asarray(pc["zero-shot"]), np.asarray(pc[after])
         ax2.scatter(zs, tu - zs, s=12, label=shift)
@@ -234,6 +301,19 @@ def plot_per_class(results: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def _read_tuning(path: Path) -> dict[str, Any]:
+    """The tuning record of an earlier report of this bench (``config.tuning``)."""
+    import json
+
+    try:
+        tuning = json.loads(Path(path).read_text())["config"]["tuning"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{path}: not a pseudolabel report with a tuning record ({exc})") from exc
+    if not tuning or "choice" not in tuning:
+        raise InputError(f"{path}: the report was not tuned (no config.tuning.choice)")
+    return tuning
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of `edgeclip bench pseudolabel`."""
     p.add_argument("--bundle", default="micro", help="bundle directory (default: the embedded micro CLIP)")
@@ -241,6 +321,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-unlabeled", type=int, default=512, help="unlabeled images per shift (default 512)")
     p.add_argument("--n-test", type=int, default=1024, help="held-out test images per shift (default 1024)")
     p.add_argument("--tune", action="store_true", help="choose epochs and lr on the validation stream first")
+    p.add_argument("--tuning-record", type=Path, default=None, metavar="JSON",
+                   help="reuse the tuning of an earlier report of this bench instead of --tune")
+    p.add_argument("--runs", default=",".join(VARIANTS),
+                   help="comma-separated runs, STRATEGY[-warm][-ssl] (default: %(default)s)")
     p.add_argument("--epochs", type=int, default=None, help="epochs per round (default: the config's, or tuned)")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: the config's, or tuned)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: with other processes on the "
@@ -252,15 +336,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run `edgeclip bench pseudolabel` with parsed `args`: write the reports, return the results."""
     shifts = [s.strip() for s in args.shifts.split(",") if s.strip()]
-    tuning = tune(args.bundle, shifts=shifts, n_unlabeled=args.n_unlabeled, threads=args.threads) if args.tune \
-        else None
+    runs = [r.strip() for r in args.runs.split(",") if r.strip()]
+    for r in runs:
+        variant_settings(r)
+    if args.tune and args.tuning_record:
+        raise InputError("give --tune or --tuning-record, not both")
+    tuning = None
+    if args.tune:
+        tuning = tune(args.bundle, shifts=shifts, n_unlabeled=args.n_unlabeled, threads=args.threads)
+    elif args.tuning_record:
+        tuning = _read_tuning(args.tuning_record)
     settings: dict[str, Any] = dict(tuning["choice"]) if tuning else {}
     if args.epochs is not None:
         settings["epochs"] = args.epochs
     if args.lr is not None:
         settings["lr"] = args.lr
     results = bench_pseudolabel(args.bundle, shifts=shifts, n_unlabeled=args.n_unlabeled, n_test=args.n_test,
-                                settings=settings, threads=args.threads, tuning=tuning)
+                                strategies=runs, settings=settings, threads=args.threads, tuning=tuning)
     for path in write_report(results, args.out, args.name).values():
         log.info("wrote %s", path)
     log.info("wrote %s", plot_per_class(results, args.out / f"{args.name}.png"))

@@ -34,7 +34,13 @@ from edgeclip.bench.result_tables import (
     kernels_select_table,
     kernels_table,
     online_memory_table,
+    pseudolabel_order_table,
+    pseudolabel_table,
     session_table,
+    ship_generator_table,
+    ship_table,
+    train_speed_table,
+    trzsl_table,
     tta_accuracy_table,
     tta_paired_table,
     tta_speed_table,
@@ -163,6 +169,16 @@ TABLES: dict[str, Table] = {t.name: t for t in (
     Table("views-accuracy", ("views-accuracy",), views_accuracy_table,
           "edgeclip bench views --threads 1 --out docs/results"),
     Table("session", ("session",), session_table, "edgeclip bench session --out docs/results"),
+    Table("pseudolabel", ("pseudolabel-micro",), pseudolabel_table,
+          "edgeclip bench pseudolabel --out docs/results --tune (or --tuning-record with the tuned report)"),
+    Table("pseudolabel-order", ("pseudolabel-micro",), pseudolabel_order_table, "the pseudolabel run (same file)"),
+    Table("trzsl", ("trzsl-micro",), trzsl_table, "edgeclip bench trzsl --out docs/results"),
+    Table("ship", ("ship-micro",), ship_table, "edgeclip bench ship --out docs/results"),
+    Table("ship-generator", ("ship-micro",), ship_generator_table, "the ship run (same file)"),
+    Table("train-speed", ("train-speed-micro", "train-speed-vit-b-32-c100"), train_speed_table,
+          "edgeclip bench train --samples 256 --rounds 5 --suffix micro --out docs/results; edgeclip bench train "
+          "--model ViT-B-32 --classes 100 --samples 64 --rounds 3 --max-time 240 --suffix vit-b-32-c100 --out "
+          "docs/results"),
 )}
 
 

@@ -19,7 +19,13 @@ __all__ = [
     "kernels_select_table",
     "kernels_table",
     "online_memory_table",
+    "pseudolabel_order_table",
+    "pseudolabel_table",
     "session_table",
+    "ship_generator_table",
+    "ship_table",
+    "train_speed_table",
+    "trzsl_table",
     "tta_accuracy_table",
     "tta_paired_table",
     "tta_speed_table",
@@ -366,3 +372,99 @@ def session_table(results: list[dict[str, Any]]) -> str:
                      f"views ({'met' if b['met'] else '**missed**'}; {b['fallbacks']} zero-shot fallbacks); "
                      f"{b['n_views']} views: {b['full_views_median_ms']:.0f} ms"])
     return markdown_table([{"run": a, "result": c} for a, c in rows], ["run", "result"])
+
+
+def _table(res: dict[str, Any], column: str) -> dict[str, Any]:
+    """The first extra table of a report that has a column named `column`."""
+    return next(t for t in res["tables"] if column in t["columns"])
+
+
+def pseudolabel_table(results: list[dict[str, Any]]) -> str:
+    """`edgeclip bench pseudolabel`: accuracy per shift of zero-shot and each run, and each run's mean difference
+    against zero-shot (points, paired 95 % interval; bold where it excludes zero)."""
+    (res,) = results
+    shifts = list(res["config"]["shifts"])
+    diffs = {d["method"]: d["detail"][MEAN] for d in res["differences"]}
+    out = []
+    for r in res["rows"]:
+        row = {"method": r["method"], **{SHIFT_NAMES.get(s, s): f"{r[s]:.1f}" for s in shifts},
+               "mean": f"{r['mean']:.1f}"}
+        d = diffs.get(r["method"])
+        text = "" if d is None else f"{d['diff']:+.1f} [{d['lo']:+.1f}, {d['hi']:+.1f}]"
+        row["mean − zero-shot"] = f"**{text}**" if d is not None and (d["lo"] > 0 or d["hi"] < 0) else text
+        out.append(row)
+    return markdown_table(out, ["method", *(SHIFT_NAMES.get(s, s) for s in shifts), "mean", "mean − zero-shot"])
+
+
+def pseudolabel_order_table(results: list[dict[str, Any]]) -> str:
+    """The same report's paired differences between neighbouring runs (GRIP − IFPL, IFPL − FPL, variants)."""
+    (res,) = results
+    t = _table(res, "comparison")
+    shifts = list(res["config"]["shifts"])
+    rows = [{"comparison": r["comparison"], **{SHIFT_NAMES.get(s, s): r[s] for s in shifts}, "mean": r["mean"]}
+            for r in t["rows"]]
+    return markdown_table(rows, ["comparison", *(SHIFT_NAMES.get(s, s) for s in shifts), "mean"])
+
+
+def trzsl_table(results: list[dict[str, Any]]) -> str:
+    """`edgeclip bench trzsl`: per shift the seen / unseen accuracy and H of zero-shot and the strategy, and the H
+    difference with its paired 95 % interval (bold where it excludes zero); the mean over shifts last."""
+    (res,) = results
+    strategy = res["config"]["strategy"]
+    by = {(r["shift"], r["method"]): r for r in res["rows"]}
+    out = []
+    for d in res["differences"]:
+        sh = d["shift"]
+        diff = f"{d['diff']:+.1f} [{d['lo']:+.1f}, {d['hi']:+.1f}]"
+        row = {"shift": SHIFT_NAMES.get(sh, sh)}
+        if sh == MEAN:
+            row.update({"zero-shot seen / unseen / H": f"H {res['mean_h']['zero-shot']:.1f}",
+                        f"{strategy} seen / unseen / H": f"H {res['mean_h'][strategy]:.1f}"})
+        else:
+            for m in ("zero-shot", strategy):
+                r = by[(sh, m)]
+                row[f"{m} seen / unseen / H"] = f"{r['seen']:.1f} / {r['unseen']:.1f} / {r['H']:.1f}"
+        row["H difference"] = f"**{diff}**" if d["lo"] > 0 or d["hi"] < 0 else diff
+        out.append(row)
+    return markdown_table(out, ["shift", "zero-shot seen / unseen / H", f"{strategy} seen / unseen / H",
+                                "H difference"])
+
+
+def ship_table(results: list[dict[str, Any]]) -> str:
+    """`edgeclip bench ship`: base, new and H per domain and method, and each SHIP variant's H difference against
+    CoOp alone (paired 95 % interval) with its verdict."""
+    (res,) = results
+    verdicts = {(d["domain"], d["SHIP variant"]): f"{d['H']} ({d['verdict (H)']})"
+                for d in _table(res, "SHIP variant")["rows"]}
+    out = [{"domain": SHIFT_NAMES.get(r["domain"], r["domain"]), "method": r["method"], "base": f"{r['base']:.1f}",
+            "new": f"{r['new']:.1f}", "H": f"{r['H']:.1f}",
+            "H − CoOp alone": verdicts.get((r["domain"], r["method"]), "")} for r in res["rows"]]
+    return markdown_table(out, ["domain", "method", "base", "new", "H", "H − CoOp alone"])
+
+
+def ship_generator_table(results: list[dict[str, Any]]) -> str:
+    """The same report's check of the synthetic features against real new-class frames."""
+    (res,) = results
+    t = _table(res, "source")
+    rows = [{"domain": SHIFT_NAMES.get(r["domain"], r["domain"]), "features of the new classes": r["source"],
+             "nearest-mean accuracy": f"{r['prototype acc']:.1f}", "cos to real mean": f"{r['cos to real mean']:.3f}",
+             "spread (real)": f"{r['spread']:.3f} ({r['real spread']:.3f})"} for r in t["rows"]]
+    return markdown_table(rows, ["domain", "features of the new classes", "nearest-mean accuracy",
+                                 "cos to real mean", "spread (real)"])
+
+
+def train_speed_table(results: list[dict[str, Any]]) -> str:
+    """`edgeclip bench train`, one row per report: per-epoch time and peak memory of both implementations and the
+    speed-up with its spread."""
+    out = []
+    for res in results:
+        rows = {r["implementation"]: r for r in res["rows"]}
+        ours, theirs = rows["edgeclip"], rows["official structure"]
+        s = res["speedup"]
+        out.append({"model": f"{res['config']['model']}, C = {res['config']['classes']}",
+                    "edgeclip epoch": _ms(ours["epoch_median_ms"]), "official structure epoch":
+                    _ms(theirs["epoch_median_ms"]),
+                    "speed-up [10th, 90th pct]": f"**{s['ratio']:.1f}×** [{s['ratio_lo']:.1f}, {s['ratio_hi']:.1f}]",
+                    "peak memory, edgeclip / official": f"{_mb(ours['peak_mb'])} / {_mb(theirs['peak_mb'])}"})
+    return markdown_table(out, ["model", "edgeclip epoch", "official structure epoch", "speed-up [10th, 90th pct]",
+                                "peak memory, edgeclip / official"])

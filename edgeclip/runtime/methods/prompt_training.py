@@ -1,11 +1,12 @@
-"""The prompt-context training loop shared by CoOp and pseudo-label prompt tuning.
+"""The prompt-context training loop shared by CoOp, pseudo-label prompt tuning and SHIP's prompt stage.
 
 `train_context` runs SGD with momentum on a method's ``prompt.ctx`` over cached image embeddings (a
 `FeaturePool`'s rows): per step a shuffled batch, class text embeddings through the differentiable text tower
 (``method._train_text()``), cross-entropy on scaled cosine logits (or the caller's loss), a linear warm-up from
 lr/10 (never a step at lr 0) then a cosine schedule (`lr_at`). A non-finite loss is skipped and counted. After
 every epoch an optional ``evaluate()`` scores the context; the context of the best epoch is kept (ties: the
-earlier epoch), else the last.
+earlier epoch), else the last. SHIP adds synthetic samples to every batch (``augment``) and scores them with
+its own logits (``logits_fn``: its logit scale).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ __all__ = ["OptimSettings", "lr_at", "train_context"]
 
 #: ``(logits [B, C], batch rows [B]) -> scalar loss``
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+#: ``(batch features [B, D], batch labels [B]) -> (features [B', D], labels [B'])``: samples added to a batch
+AugmentFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -50,13 +53,19 @@ def lr_at(step: int, total: int, warmup: int, lr: float) -> float:
 
 def train_context(method: Any, x: torch.Tensor, y: torch.Tensor, opt: OptimSettings, report: FitReport, *,
                   loss_fn: LossFn | None = None, evaluate: Callable[[], float] | None = None,
+                  augment: AugmentFn | None = None,
+                  logits_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
                   progress: bool = False, desc: str = "epochs", leave: bool = True) -> int:
     """Train ``method.prompt.ctx`` on samples `x` ``[N, D]`` with labels `y` ``[N]``; returns the steps taken.
 
     Appends each epoch's mean loss (and ``evaluate()``, when given) to `report`, counts skipped steps in it and
     sets ``report.best_epoch`` to the kept epoch (counted within this call). The default loss is the mean
-    cross-entropy of ``y[rows]``.
+    cross-entropy of ``y[rows]``; ``augment`` extends each batch (it goes with the default loss only);
+    ``logits_fn(features) -> logits`` replaces the model's scaled cosine logits (it must use
+    ``method._train_text()``, so the gradient reaches the context).
     """
+    if augment is not None and loss_fn is not None:
+        raise ValueError("augment changes the batch, so it goes with the default loss only")
     ctx = method.prompt.ctx
     optimizer = torch.optim.SGD([ctx], lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
     steps_per_epoch = math.ceil(len(y) / opt.batch_size)
@@ -76,8 +85,11 @@ def train_context(method: Any, x: torch.Tensor, y: torch.Tensor, opt: OptimSetti
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, total, warmup, opt.lr)
             step += 1
-            logits = image_logits(method.model, x[idx].to(method.device), method._train_text())
-            loss = F.cross_entropy(logits, y[idx].to(method.device)) if loss_fn is None else loss_fn(logits, idx)
+            xb, yb = x[idx].to(method.device), y[idx].to(method.device)
+            if augment is not None:
+                xb, yb = augment(xb, yb)
+            logits = image_logits(method.model, xb, method._train_text()) if logits_fn is None else logits_fn(xb)
+            loss = F.cross_entropy(logits, yb) if loss_fn is None else loss_fn(logits, idx)
             if not torch.isfinite(loss):
                 report.skipped_steps += 1
                 continue

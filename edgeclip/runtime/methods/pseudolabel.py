@@ -21,7 +21,9 @@ unlabeled `FeaturePool` (cached image embeddings: a round costs text-tower work 
   TRZSL: the labelled pool holds the seen classes (``seen``, default the labelled pool's classes), the
   unseen classes get the pseudo-labels (the labeller scores the unseen classes only), loss CE_seen +
   (|seen|/|unseen|)·CE_unseen with |·| the image counts (as the official code), each CE the batch mean of its
-  samples; the selection metric is the harmonic mean of seen and unseen accuracy.
+  samples; the selection metric is the harmonic mean of seen and unseen accuracy. As in the paper the unlabeled
+  pool should hold images of the unseen classes only: every image gets an unseen label in GRIP's last round
+  (K = |U|/|unseen|), so seen-class images in the pool become wrong pseudo-labels.
 * **Selection.** Per round the epoch with the best validation score is kept: on ``val`` (a labelled pool)
   when given, else on ``val_fraction`` of each class's pseudo-labels held out of that round's training (and, in
   TRZSL, of the seen labelled images). The final prompt is the last round's.

@@ -28,7 +28,6 @@ that context through the exported text encoder, like CoOp.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -41,7 +40,8 @@ from torch import nn
 from edgeclip.errors import ClassNameError, InputError
 from edgeclip.runtime.methods.base import FitReport, Trainable
 from edgeclip.runtime.methods.config import check_finite, check_positive_int
-from edgeclip.runtime.methods.coop import ContextHead, CoOpConfig, pool_labels_for
+from edgeclip.runtime.methods.coop import ContextHead, CoOpConfig, optim_settings, pool_labels_for
+from edgeclip.runtime.methods.prompt_training import train_context
 from edgeclip.runtime.model import EdgeClip
 from edgeclip.runtime.pool_sources import norm_name
 from edgeclip.runtime.prompt import PromptContext
@@ -178,12 +178,6 @@ def base_new_accuracy(logits: torch.Tensor, labels: torch.Tensor, base: Sequence
     return out
 
 
-def _lr(step: int, total: int, warmup: int, lr: float) -> float:
-    if step < warmup:
-        return lr * (0.1 + 0.9 * step / max(1, warmup))
-    return lr * 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-
 class SHIP(ContextHead, Trainable):
     """CoOp prompt over base + new classes, trained with synthetic new-class features (module docstring)."""
 
@@ -209,6 +203,7 @@ class SHIP(ContextHead, Trainable):
             raise ClassNameError("every class is listed as new: SHIP needs base classes with images")
         self.tower = model.text_tower
         self.tower.requires_grad_(False)
+        self._generator: tuple[ShipVAE, PromptContext] | None = None
         p = cfg.prompt
         if p.init is None:
             g = torch.Generator().manual_seed(p.seed)
@@ -282,40 +277,22 @@ class SHIP(ContextHead, Trainable):
         return scores
 
     def _train_prompt(self, x: torch.Tensor, y: torch.Tensor, synth: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
-                      generator: torch.Generator, report: FitReport, progress: bool) -> list[float]:
-        """One fresh prompt run on real features `x`, `y` plus `synth(k)` synthetic ones per batch; the
-        per-epoch losses."""
-        p = self.config.prompt
+                      report: FitReport, progress: bool) -> list[float]:
+        """One fresh prompt run on real features `x`, `y` plus `synth(k)` synthetic ones per batch of k real
+        ones (`train_context` with `prompt_logits`, the config's logit scale); the per-epoch losses."""
+        cfg = self.config
         self.prompt.reset()
-        optimizer = torch.optim.SGD([self.prompt.ctx], lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay)
-        per_epoch = math.ceil(len(y) / p.batch_size)
-        total, warmup = p.epochs * per_epoch, p.warmup_epochs * per_epoch
-        step = 0
-        losses: list[float] = []
-        from tqdm.auto import tqdm
 
-        for _ in tqdm(range(p.epochs), desc="ship prompt", unit="epoch", leave=False, disable=not progress):
-            order = torch.randperm(len(y), generator=generator)
-            epoch_losses = []
-            for start in range(0, len(y), p.batch_size):
-                idx = order[start : start + p.batch_size]
-                fake_x, fake_y = synth(len(idx) * self.config.synthetic_per_real)
-                xb = torch.cat([x[idx].to(self.device), fake_x])
-                yb = torch.cat([y[idx], fake_y]).to(self.device)
-                for group in optimizer.param_groups:
-                    group["lr"] = _lr(step, total, warmup, p.lr)
-                step += 1
-                loss = F.cross_entropy(self.prompt_logits(xb), yb)
-                if not torch.isfinite(loss):
-                    report.skipped_steps += 1
-                    continue
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                epoch_losses.append(float(loss.detach()))
-            losses.append(sum(epoch_losses) / max(1, len(epoch_losses)))
-        report.steps += step
-        return losses
+        def augment(xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            fake_x, fake_y = synth(len(yb) * cfg.synthetic_per_real)
+            return torch.cat([xb, fake_x]), torch.cat([yb, fake_y.to(yb.device)])
+
+        run = FitReport(self.name, cfg.prompt.epochs, 0, 0.0, len(y), 0)
+        report.steps += train_context(self, x, y, optim_settings(cfg.prompt), run, augment=augment,
+                                      logits_fn=self.prompt_logits, progress=progress, desc="ship prompt",
+                                      leave=False)
+        report.skipped_steps += run.skipped_steps
+        return run.train_loss
 
     def _fit(self, pool: Any, *, val: Any, progress: bool) -> FitReport:
         cfg = self.config
@@ -370,7 +347,7 @@ class SHIP(ContextHead, Trainable):
             if (epoch + 1) % cfg.prompt_every and epoch + 1 != cfg.vae_epochs:
                 continue
             vae.eval()
-            prompt_losses = self._train_prompt(x, y, synth, g, report, progress)
+            prompt_losses = self._train_prompt(x, y, synth, report, progress)
             run: dict[str, Any] = {"vae_epoch": epoch, "prompt_loss": prompt_losses}
             last_ctx = self.prompt.ctx.detach().clone()
             if val_x is not None and val_y is not None:
@@ -398,4 +375,20 @@ class SHIP(ContextHead, Trainable):
         })
         self.fitted = True
         self._text = None
+        self._generator = (vae.eval(), vae_prompt)
         return report
+
+    def synthetic_features(self, n_per_class: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """`n_per_class` synthetic features of every new class from the last `fit`'s generator (not kept in a
+        head: only a fitted instance has it): ``([n·C_new, D] normalised, [n·C_new] class indices)``. To check
+        how close the synthesised features come to real images of the new classes."""
+        check_positive_int("n_per_class", n_per_class)
+        if self._generator is None:
+            raise InputError("synthetic_features needs the generator of a fit in this process (heads do not keep it)")
+        vae, vae_prompt = self._generator
+        g = torch.Generator().manual_seed(seed)
+        classes = torch.tensor(self.new_index, dtype=torch.int64).repeat_interleave(n_per_class)
+        z = torch.randn(len(classes), vae.dim, generator=g).to(self.device)
+        with torch.no_grad():
+            seq, eot = biased_prompts(vae_prompt, self.class_names, classes, vae.generator(z))
+            return F.normalize(self.tower(seq, eot).float(), dim=-1), classes

@@ -222,3 +222,16 @@ def test_empty_labelled_source(micro, tmp_path: Path) -> None:
     (tmp_path / "red_circle").mkdir()
     with pytest.raises(InputError, match="no images"):
         build_feature_pool(micro, tmp_path, cache=False)
+
+
+def test_synthetic_features_of_the_fitted_generator(micro, trained) -> None:
+    ship, _ = trained
+    feats, classes = ship.synthetic_features(5, seed=3)
+    assert feats.shape == (5 * len(NEW), micro.bundle.embed_dim)
+    assert sorted(set(classes.tolist())) == ship.new_index and (classes.bincount()[ship.new_index] == 5).all()
+    torch.testing.assert_close(feats.norm(dim=-1), torch.ones(len(feats)))
+    again, _ = ship.synthetic_features(5, seed=3)
+    torch.testing.assert_close(feats, again)  # seeded
+    fresh = create_method("ship", micro, BASE + NEW, new_classes=tuple(NEW))
+    with pytest.raises(InputError, match="generator of a fit"):
+        fresh.synthetic_features(5)
