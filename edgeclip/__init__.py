@@ -58,6 +58,10 @@ _PUBLIC: dict[str, str] = {
     "PseudoLabelConfig": "edgeclip.runtime.methods.pseudolabel",
     "SHIP": "edgeclip.runtime.methods.ship",
     "SHIPConfig": "edgeclip.runtime.methods.ship",
+    "CLAP": "edgeclip.runtime.methods.clap",
+    "CLAPConfig": "edgeclip.runtime.methods.clap",
+    "ARF": "edgeclip.runtime.methods.arf",
+    "ARFConfig": "edgeclip.runtime.methods.arf",
     # prototypes, the bank, feature pools, heads
     "ClassPrototypes": "edgeclip.runtime.prototypes",
     "build_prototypes": "edgeclip.runtime.prototypes",
@@ -85,10 +89,14 @@ _PUBLIC: dict[str, str] = {
 }
 
 __all__ = [
+    "ARF",
+    "CLAP",
     "SHIP",
     "TPT",
+    "ARFConfig",
     "BackendError",
     "BundleError",
+    "CLAPConfig",
     "ClassNameError",
     "ClassPrototypes",
     "CoOp",
@@ -156,7 +164,9 @@ if TYPE_CHECKING:
     from edgeclip.export import export_bundle
     from edgeclip.runtime.feature_pool import FeaturePool, ViewPolicy, build_feature_pool
     from edgeclip.runtime.head import default_head_path, read_head
+    from edgeclip.runtime.methods.arf import ARF, ARFConfig
     from edgeclip.runtime.methods.base import FitReport, Method, Trainable, ViewMethod
+    from edgeclip.runtime.methods.clap import CLAP, CLAPConfig
     from edgeclip.runtime.methods.config import GuardConfig, ViewConfig, configure
     from edgeclip.runtime.methods.coop import CoOp, CoOpConfig
     from edgeclip.runtime.methods.online_prototypes import OnlinePrototypes, OnlinePrototypesConfig

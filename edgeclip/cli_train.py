@@ -40,11 +40,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_ship(tsub)
     from edgeclip.cli_train_pseudolabel import add_parser as add_pseudolabel
     add_pseudolabel(tsub)
+    from edgeclip.cli_train_clap import add_parser as add_clap
+    add_clap(tsub)
+    from edgeclip.cli_train_arf import add_parser as add_arf
+    add_arf(tsub)
     return t
 
 
 #: trainable methods whose ``train`` subcommand is defined by their own CLI module (not the supervised one)
-_OWN_PARSERS = ("pseudolabel", "ship")
+_OWN_PARSERS = ("pseudolabel", "ship", "clap", "arf")
 
 
 def _add_supervised(tsub: Any, name: str) -> argparse.ArgumentParser:

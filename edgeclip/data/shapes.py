@@ -655,8 +655,12 @@ def save_image_folder(
     """Write ``n_per_class`` PNGs per class into ``root/<class_name_with_underscores>/NNNNN.png``.
 
     Also writes ``root/classnames.txt``: the class names (with spaces), one per line, in label order (the
-    sorted folder names are in a different order). Returns ``root``.
+    sorted folder names are in a different order), and ``root/captions.jsonl``: one ``{"image", "caption"}``
+    line per image (the path relative to ``root``; the rich caption: colour, shape, size, position, background).
+    Returns ``root``.
     """
+    import json
+
     from PIL import Image
 
     if isinstance(n_per_class, bool) or not isinstance(n_per_class, (int, np.integer)) or n_per_class < 1:
@@ -668,9 +672,12 @@ def save_image_folder(
     for name in names:
         (root / name.replace(" ", "_")).mkdir(parents=True, exist_ok=True)
     counts = [0] * len(names)
-    for img, lab in zip(batch.images, batch.labels, strict=True):
-        path = root / names[lab].replace(" ", "_") / f"{counts[lab]:05d}.png"
-        Image.fromarray(img).save(path)
+    lines = []
+    for img, lab, caption in zip(batch.images, batch.labels, batch.captions, strict=True):
+        rel = Path(names[lab].replace(" ", "_")) / f"{counts[lab]:05d}.png"
+        Image.fromarray(img).save(root / rel)
+        lines.append(json.dumps({"image": rel.as_posix(), "caption": caption}))
         counts[lab] += 1
     (root / "classnames.txt").write_text("\n".join(names) + "\n", encoding="utf-8")
+    (root / "captions.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return root

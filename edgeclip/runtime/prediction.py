@@ -9,6 +9,9 @@ import torch
 
 from edgeclip.errors import InputError
 
+#: per-frame uncertainty a method may report in ``info["frames"]``, carried into `Prediction.to_records`
+UNCERTAINTY_KEYS = ("energy", "mc_variance", "is_novel")
+
 
 @dataclass
 class Prediction:
@@ -36,16 +39,21 @@ class Prediction:
     def to_records(self, top_k: int = 3) -> list[dict[str, Any]]:
         """One JSON-friendly dict per image: its label (always ``labels[i]``, which a method may choose other
         than the most probable class — ZERO's vote), that label's probability, and the top-k classes by
-        probability with the label first."""
+        probability with the label first; and the frame's uncertainty when the method gives one
+        (`UNCERTAINTY_KEYS` of ``info["frames"][i]``: CLAP's energy, MC variance and novelty flag)."""
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             raise InputError(f"top_k must be an integer >= 1, got {top_k!r}")
         k = min(top_k, self.probs.shape[1])
+        frames = self.info.get("frames") if isinstance(self.info, dict) else None
+        if not isinstance(frames, list) or len(frames) != len(self.labels):
+            frames = [{}] * len(self.labels)
         out = []
-        for label, row in zip(self.labels.tolist(), self.probs.tolist(), strict=True):
+        for label, row, frame in zip(self.labels.tolist(), self.probs.tolist(), frames, strict=True):
             order = sorted(range(len(row)), key=lambda c, lab=label, r=row: (c != lab, -r[c]))[:k]
             out.append({
                 "label": self.class_names[label],
                 "confidence": row[label],
                 "top": [{"label": self.class_names[c], "prob": row[c]} for c in order],
+                **{key: frame[key] for key in UNCERTAINTY_KEYS if key in frame},
             })
         return out

@@ -145,6 +145,12 @@ def test_save_image_folder(tmp_path) -> None:
         assert len(files) == 2
     img = Image.open(files[0])
     assert img.size == (64, 64) and img.mode == "RGB"
+    import json
+
+    lines = [json.loads(x) for x in (root / "captions.jsonl").read_text().splitlines()]
+    assert len(lines) == 2 * len(names) and all((root / r["image"]).is_file() for r in lines)
+    for r in lines:  # the caption names the image's class (its folder)
+        assert r["image"].split("/")[0].replace("_", " ") in r["caption"]
 
 
 def test_render_speed_is_reasonable() -> None:

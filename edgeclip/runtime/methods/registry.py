@@ -38,6 +38,8 @@ def register_method(cls: M) -> M:
 def _builtin() -> None:
     if _REGISTRY:
         return
+    from edgeclip.runtime.methods.arf import ARF
+    from edgeclip.runtime.methods.clap import CLAP
     from edgeclip.runtime.methods.coop import CoOp
     from edgeclip.runtime.methods.online_prototypes import OnlinePrototypes
     from edgeclip.runtime.methods.promptsync import PromptSync
@@ -47,7 +49,7 @@ def _builtin() -> None:
     from edgeclip.runtime.methods.zero import Zero
     from edgeclip.runtime.methods.zeroshot import ZeroShot
 
-    for cls in (ZeroShot, TPT, PromptSync, Zero, OnlinePrototypes, CoOp, SHIP, PseudoLabel):
+    for cls in (ZeroShot, TPT, PromptSync, Zero, OnlinePrototypes, CoOp, SHIP, PseudoLabel, ARF, CLAP):
         register_method(cls)
 
 

@@ -16,7 +16,8 @@ import edgeclip
 from edgeclip.data import shapes
 from edgeclip.errors import ImageError, InputError
 from edgeclip.kernels import augment_views
-from edgeclip.runtime.methods import create_method, list_methods
+from edgeclip.runtime.methods import create_method, list_methods, method_class
+from edgeclip.runtime.methods.base import ViewMethod
 from edgeclip.runtime.prototypes import ClassPrototypes, build_prototypes
 
 NAMES = shapes.class_names()
@@ -35,6 +36,8 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("coop", {}),
     ("ship", {}),
     ("pseudolabel", {}),
+    ("arf", {}),
+    ("clap", {}),
 ]
 IDS = [name + ("-" + "-".join(map(str, o.values())) if o else "") for name, o in CASES]
 
@@ -157,7 +160,7 @@ def test_one_instance_shared_by_four_threads(micro, protos, name, overrides) -> 
     """4 threads × 6 calls on one instance give what one thread gives, frame for frame (deterministic views);
     an online method's results equal a sequential replay in the order the calls were served."""
     frames = shapes.make_batch(24, seed=9, shift="blur").images
-    extra = {"view_fn": content_views(micro)} if name not in ("zeroshot", "coop", "ship", "pseudolabel") else {}
+    extra = {"view_fn": content_views(micro)} if issubclass(method_class(name), ViewMethod) else {}
     shared = make(micro, protos, name, overrides, **extra)
     results: dict[int, Any] = {}
     errors: list[BaseException] = []
