@@ -178,6 +178,16 @@ def cmd_bench_session(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_train(args: argparse.Namespace) -> int:
+    if args.method != "grip":
+        from edgeclip.bench.train_cost import bench_train_cost, write_cost_report
+
+        results = bench_train_cost(args.method, args.bundle, model_name=args.model, classes=args.classes,
+                                   tasks=args.tasks, per_class=args.per_class, epochs=args.epochs,
+                                   rounds=args.rounds, threads=args.threads, cache_dir=Path(args.cache),
+                                   progress=not args.json)
+        paths = write_cost_report(results, Path(args.out), args.suffix)
+        _emit(args, results, paths["md"].read_text() + "\nwrote " + ", ".join(str(p) for p in paths.values()))
+        return 0
     from edgeclip.bench.train_speed import bench_train, write_train_report
 
     results = bench_train(args.bundle, model_name=args.model, classes=args.classes, samples=args.samples,
@@ -377,19 +387,26 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     trzsl_eval.add_arguments(bz2)
     bz2.add_argument("--json", action="store_true")
     bz2.set_defaults(func=_cmd_module("trzsl_eval"))
-    br = bsub.add_parser("train", help="one GRIP training epoch: cached embeddings and the truncated text tower "
-                         "against the official structure (image tower every step, 77 tokens), with peak memory")
+    br = bsub.add_parser("train", help="training cost: one GRIP epoch (cached embeddings and the truncated text "
+                         "tower against the official structure: image tower every step, 77 tokens), one CLAP task, "
+                         "one ARF epoch (device and workstation mode), with peak memory")
+    br.add_argument("--method", choices=["grip", "clap", "arf"], default="grip", help="what to train (default grip)")
     src = br.add_mutually_exclusive_group()
     src.add_argument("--bundle", help="bundle (default: the embedded micro CLIP)")
     src.add_argument("--model", help="open_clip name: a random-weight bundle exported once into --cache")
     br.add_argument("--classes", type=positive_int, default=None, help="classes C (default: the micro CLIP's 16)")
     br.add_argument("--samples", type=positive_int, default=256, help="pseudo-labelled images per epoch")
     br.add_argument("--batch", type=positive_int, default=16, help="batch size (GRIP: 16)")
-    br.add_argument("--rounds", type=positive_int, default=5, help="paired rounds (one epoch each way)")
+    br.add_argument("--rounds", type=positive_int, default=5, help="paired rounds (one epoch each way); clap and "
+                    "arf: repeats with a fresh learner")
+    br.add_argument("--tasks", type=positive_int, default=4, help="clap: tasks the classes are split into")
+    br.add_argument("--per-class", type=positive_int, default=16, help="clap and arf: images per class")
+    br.add_argument("--epochs", type=positive_int, default=5, help="arf: epochs per fit (timed per epoch)")
     br.add_argument("--max-time", type=float, default=120.0, help="stop after this many seconds of the slower one")
     br.add_argument("--threads", type=positive_int, default=None, help="torch and onnxruntime threads")
     br.add_argument("--cache", default="bench-results/bundles", help="where random-weight bundles are kept")
-    br.add_argument("--suffix", default=None, help="added to the report name (train-speed-SUFFIX)")
+    br.add_argument("--suffix", default=None, help="added to the report name (train-speed-SUFFIX; clap and arf: "
+                    "train-cost-METHOD-SUFFIX)")
     br.add_argument("--out", default="bench-results", help="folder for the JSON and Markdown reports")
     br.add_argument("--json", action="store_true")
     br.set_defaults(func=cmd_bench_train)

@@ -139,5 +139,53 @@ def cmd_train_arf(args: argparse.Namespace) -> int:
     return 0
 
 
+#: the ``--set`` keys the workstation mode takes (`edgeclip.export.finetune.finetune_image_encoder` arguments)
+WORKSTATION_SETTINGS = ("epochs", "lr", "batch_size", "lambda_tc", "lambda_it", "weight_decay", "retrieval_k",
+                        "min_similarity", "retrieve_by", "anchor_batch_size", "augment", "template")
+
+
 def _workstation(args: argparse.Namespace, settings: dict[str, Any]) -> int:
-    raise EdgeClipError("--mode workstation is not wired yet")
+    """Fine-tune the image tower of ``--bundle``, optionally WiSE-FT it, export the new bundle. Returns 0."""
+    import edgeclip
+    from edgeclip.cli_args import emit
+    from edgeclip.export.finetune import export_finetuned, finetune_image_encoder, load_model, wise_ft
+    from edgeclip.runtime.pool_sources import open_source
+
+    if args.val is not None:
+        raise EdgeClipError("--val selects an epoch in the device mode; the workstation mode keeps the last epoch")
+    alpha = settings.pop("wise_alpha", None)
+    unknown = sorted(set(settings) - set(WORKSTATION_SETTINGS))
+    if unknown:
+        raise EdgeClipError(f"--mode workstation takes --set {', '.join(WORKSTATION_SETTINGS)}; not {unknown}")
+    out = Path(args.out_bundle).expanduser()
+    if out.exists() and not args.overwrite:
+        raise EdgeClipError(f"{out} already exists; pass --overwrite to replace it or choose another --out-bundle")
+    t0 = time.perf_counter()
+    source = Path(args.bundle).expanduser() if args.bundle else edgeclip.default_bundle()
+    data = open_source(args.data, seed=args.seed)
+    if data.class_names is None or (data.labels < 0).any():
+        raise EdgeClipError(f"{args.data} has no class sub-folders: fine-tuning needs labelled images "
+                            f"({args.data}/<class name>/<images>)")
+    images = data.load(0, len(data))
+    result = finetune_image_encoder(source, images, data.labels.tolist(), data.class_names, captions=args.captions,
+                                    pairs=args.pairs, seed=args.seed, progress=not args.json, **settings)
+    model: Any = result
+    if alpha is not None:
+        model = wise_ft(load_model(source).model, result.model, alpha)
+    exported = export_finetuned(model, out, model_name=result.model_name, overwrite=args.overwrite,
+                                description=f"ARF workstation fine-tune of {source.name}" +
+                                (f", WiSE-FT α = {alpha:g}" if alpha is not None else ""),
+                                extra={"finetune": {**result.settings, "wise_alpha": alpha}},
+                                progress=not args.json)
+    payload = {"bundle": str(out), "method": "arf", "mode": "workstation", "classes": data.class_names,
+               "steps": result.steps, "skipped_steps": result.skipped_steps, "train_seconds": result.seconds,
+               "history": result.history, "wise_alpha": alpha, "parity": exported.parity.to_dict(),
+               "seconds": round(time.perf_counter() - t0, 3)}
+    lines = [f"wrote {out}",
+             f"arf (workstation): the image tower fine-tuned on {len(images)} images of {len(data.class_names)} "
+             f"classes, {result.steps} steps in {result.seconds:.1f} s"
+             + (f"; WiSE-FT α = {alpha:g}" if alpha is not None else "")
+             + f"; exported with parity (image min cos {exported.parity.image_min_cos:.6f})",
+             f"use it: edgeclip classify --bundle {out} --classes NAMES IMAGES"]
+    emit(args, payload, "\n".join(lines))
+    return 0

@@ -62,3 +62,29 @@ def test_bad_input_exits_2(data, tmp_path: Path, capsys: pytest.CaptureFixture[s
                  "--mode", "workstation", *FAST]) == 2
     assert "--out-bundle" in capsys.readouterr().err
     assert not Path(out).exists()
+
+
+def test_workstation_mode_exports_a_bundle_that_classifies(data, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    train, pairs = data
+    out = tmp_path / "ws.bundle"
+    assert main(["train", "arf", "--mode", "workstation", "--data", str(train), "--captions",
+                 str(train / "captions.jsonl"), "--pairs", str(pairs / "captions.jsonl"), "--set", "epochs=1",
+                 "--set", "batch_size=32", "--wise-alpha", "0.5", "--out-bundle", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["mode"] == "workstation" and report["steps"] == 2 and report["wise_alpha"] == 0.5
+    assert report["parity"]["image_min_cos"] > 0.9999
+    import edgeclip
+
+    model = edgeclip.load(out)
+    assert model.bundle.manifest["extra"]["finetune"]["wise_alpha"] == 0.5
+    assert main(["classify", "--bundle", str(out), "--classes", "red circle,blue square",
+                 str(pairs / "red_circle"), "--json"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
+    # an existing bundle is not replaced without --overwrite; a device-only setting is refused
+    assert main(["train", "arf", "--mode", "workstation", "--data", str(train), "--set", "lambda_tc=0", "--set",
+                 "lambda_it=0", "--out-bundle", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["train", "arf", "--mode", "workstation", "--data", str(train), "--set", "lambda_tc=0", "--set",
+                 "lambda_it=0", "--set", "adapter_lr=0.1", "--out-bundle", str(tmp_path / "b2")]) == 2
+    assert "adapter_lr" in capsys.readouterr().err and not (tmp_path / "b2").exists()
