@@ -17,7 +17,7 @@ from typing import Any
 from edgeclip.cli_args import is_embedded_bundle, nonnegative_int, parse_setting, positive_int
 from edgeclip.errors import EdgeClipError
 
-__all__ = ["add_parser", "cmd_train", "default_out", "head_out"]
+__all__ = ["add_parser", "cmd_train", "default_out", "head_out", "labelled_pools"]
 
 
 def _trainable() -> list[str]:
@@ -131,23 +131,18 @@ def _plot(report: Any, path: Path) -> None:
     plt.close(fig)
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    """Train, save the head, print the report. Returns 0."""
-    import edgeclip
-    from edgeclip.cli_args import emit
-    from edgeclip.runtime.classnames import parse_class_spec
+def labelled_pools(args: argparse.Namespace, model: Any, *, class_names: list[str] | None = None,
+                   **source: Any) -> tuple[Any, Any]:
+    """The training pool of ``--data`` (labelled, ``--extra-views`` augmented views) and the validation pool:
+    ``--val``, else ``--val-split`` of the training images held out, else None. `source` goes to
+    `build_feature_pool` (e.g. ``seed=`` of a procedural spec)."""
     from edgeclip.runtime.feature_pool import ViewPolicy, build_feature_pool
 
-    out = head_out(args, args.method)
-    if not 0.0 <= args.val_split < 1.0:
-        raise EdgeClipError(f"--val-split must lie in [0, 1), got {args.val_split}")
-    t0 = time.perf_counter()
-    model = edgeclip.load(args.bundle, backend=args.backend, threads=args.threads)
-    classes = parse_class_spec(args.classes) if args.classes else None
     cache: Any = False if args.no_cache else (args.cache or True)
     progress = not args.json
     views = ViewPolicy(extra_views=args.extra_views, view_seed=args.seed)
-    pool = build_feature_pool(model, args.data, class_names=classes, views=views, cache=cache, progress=progress)
+    pool = build_feature_pool(model, args.data, class_names=class_names, views=views, cache=cache,
+                              progress=progress, **source)
     if not pool.is_labelled:
         raise EdgeClipError(f"{args.data} has no class sub-folders: training needs labelled images "
                             f"({args.data}/<class name>/<images>)")
@@ -157,6 +152,23 @@ def cmd_train(args: argparse.Namespace) -> int:
         pool, val = pool.split(args.val_split, seed=args.seed)
     else:
         val = None
+    return pool, val
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train, save the head, print the report. Returns 0."""
+    import edgeclip
+    from edgeclip.cli_args import emit
+    from edgeclip.runtime.classnames import parse_class_spec
+
+    out = head_out(args, args.method)
+    if not 0.0 <= args.val_split < 1.0:
+        raise EdgeClipError(f"--val-split must lie in [0, 1), got {args.val_split}")
+    t0 = time.perf_counter()
+    model = edgeclip.load(args.bundle, backend=args.backend, threads=args.threads)
+    classes = parse_class_spec(args.classes) if args.classes else None
+    progress = not args.json
+    pool, val = labelled_pools(args, model, class_names=classes)
     method = edgeclip.create_method(args.method, model, pool.class_names, **dict(args.settings))
     report = method.fit(pool, val=val, progress=progress)
     path = method.save_head(out)

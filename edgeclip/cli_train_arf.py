@@ -101,26 +101,14 @@ def cmd_train_arf(args: argparse.Namespace) -> int:
         return _workstation(args, settings)
     import edgeclip
     from edgeclip.cli_args import emit
-    from edgeclip.cli_train import head_out
+    from edgeclip.cli_train import head_out, labelled_pools
     from edgeclip.runtime.classnames import parse_class_spec
-    from edgeclip.runtime.feature_pool import ViewPolicy, build_feature_pool
 
     out = head_out(args, "arf")
     t0 = time.perf_counter()
     model = edgeclip.load(args.bundle, backend=args.backend, threads=args.threads)
-    cache: Any = False if args.no_cache else (args.cache or True)
     progress = not args.json
-    views = ViewPolicy(extra_views=args.extra_views, view_seed=args.seed)
-    pool = build_feature_pool(model, args.data, views=views, seed=args.seed, cache=cache, progress=progress)
-    if not pool.is_labelled:
-        raise EdgeClipError(f"{args.data} has no class sub-folders: fine-tuning needs labelled images "
-                            f"({args.data}/<class name>/<images>)")
-    if args.val is not None:
-        val = build_feature_pool(model, args.val, class_names=pool.class_names, cache=cache, progress=progress)
-    elif args.val_split > 0:
-        pool, val = pool.split(args.val_split, seed=args.seed)
-    else:
-        val = None
+    pool, val = labelled_pools(args, model, seed=args.seed)
     extra = parse_class_spec(args.extra_classes) if args.extra_classes else []
     method = edgeclip.create_method("arf", model, [*pool.class_names, *extra], **settings)
     report = method.fit(pool, val=val, progress=progress, captions=args.captions, pairs=args.pairs)
