@@ -370,7 +370,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     bs.add_argument("--out", default="bench-results", help="folder for the JSON and Markdown reports")
     bs.add_argument("--json", action="store_true")
     bs.set_defaults(func=cmd_bench_session)
-    from edgeclip.bench import pseudolabel_eval, ship_eval, trzsl_eval
+    from edgeclip.bench import clap_eval, pseudolabel_eval, ship_eval, trzsl_eval
+
+    bc = bsub.add_parser("clap", help="CLAP class-incremental under a shift against Continual-CLIP and a linear head: "
+                         "incremental / last accuracy, forgetting, ECE, novelty AUROC and FPR95 over seeds")
+    clap_eval.add_arguments(bc)
+    bc.add_argument("--json", action="store_true")
+    bc.set_defaults(func=_cmd_module("clap_eval"))
 
     bp = bsub.add_parser("pseudolabel", help="FPL / IFPL / GRIP without labels against zero-shot on held-out shifts "
                          "of the micro world, paired CIs, per-class accuracy before and after")
