@@ -15,6 +15,7 @@ from edgeclip.bench.report import BUSY_CORES, format_value, markdown_table
 __all__ = [
     "METHOD_NAMES",
     "SHIFT_NAMES",
+    "clap_table",
     "encoders_table",
     "kernels_select_table",
     "kernels_table",
@@ -24,6 +25,7 @@ __all__ = [
     "session_table",
     "ship_generator_table",
     "ship_table",
+    "train_cost_table",
     "train_speed_table",
     "trzsl_table",
     "tta_accuracy_table",
@@ -468,3 +470,35 @@ def train_speed_table(results: list[dict[str, Any]]) -> str:
                     "peak memory, edgeclip / official": f"{_mb(ours['peak_mb'])} / {_mb(theirs['peak_mb'])}"})
     return markdown_table(out, ["model", "edgeclip epoch", "official structure epoch", "speed-up [10th, 90th pct]",
                                 "peak memory, edgeclip / official"])
+
+
+def clap_table(results: list[dict[str, Any]]) -> str:
+    """`edgeclip bench clap`: every metric per method, mean ± std over the seeds, and the paired difference in last
+    accuracy against each baseline (all seeds) with its verdict."""
+    (res,) = results
+    rows = [dict(r) for r in res["rows"]]
+    diffs = {r["comparison"].split(" − ")[1]: f"{r['all seeds']} ({r['verdict']})"
+             for r in _table(res, "comparison")["rows"]}
+    for r in rows:
+        r["last: CLAP − this"] = diffs.get(r["method"], "")
+    return markdown_table(rows, [*res["columns"], "last: CLAP − this"])
+
+
+def train_cost_table(results: list[dict[str, Any]]) -> str:
+    """`edgeclip bench train --method clap|arf`, one row per measured step of every report: wall time (median
+    [min, max] over the rounds), per epoch, peak memory."""
+    out = []
+    for res in results:
+        for r in res["rows"]:
+            out.append({"model": f"{res['config']['model']}, C = {res['config']['classes']}",
+                        "step": f"{r['method']}: {r['what']}",
+                        "wall time": f"{_ms(1e3 * r['wall_s'])} [{_ms(1e3 * r['wall_s_min'])}, "
+                                     f"{_ms(1e3 * r['wall_s_max'])}]",
+                        "per epoch": _ms(1e3 * r["per_epoch_s"]), "peak memory": _mb(r["peak_mb"])})
+        w = res.get("workstation_over_device")
+        if w:
+            out.append({"model": f"{res['config']['model']}, C = {res['config']['classes']}",
+                        "step": "arf: workstation / device, per epoch",
+                        "wall time": f"**{w['median']:.1f}×** [{w['min']:.1f}, {w['max']:.1f}]", "per epoch": "",
+                        "peak memory": ""})
+    return markdown_table(out, ["model", "step", "wall time", "per epoch", "peak memory"])
