@@ -271,7 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     from edgeclip.cli_prototypes import add_parser as add_prototypes_parser
     from edgeclip.cli_run import add_parser as add_run_parser
     from edgeclip.cli_train import add_parser as add_train_parser
+    from edgeclip.cli_variants import add_parser as add_variant_parsers
 
+    add_variant_parsers(sub)
     add_run_parser(sub)
     add_prototypes_parser(sub)
     add_train_parser(sub)
