@@ -1,7 +1,9 @@
 """`edgeclip bench clap`: class-incremental CLAP4CLIP against Continual-CLIP and a linear head on the micro world.
 
-**Protocol.** The 16 procedural classes (colour × shape) are learnt in `tasks` tasks of `classes_per_task` (4 × 4
-by default), in a class order drawn per seed (`ORDER_SEED`, seed). All images are rendered under one domain shift
+**Protocol.** The procedural classes — the 16 colour × shape classes, or with ``classes="size-colour-shape"``
+the 32 size × colour × shape classes (`edgeclip.data.shapes.CLASS_SETS`: the same scenes with the size made part
+of the class, for a longer stream that can show forgetting) — are learnt in `tasks` tasks of `classes_per_task`
+(4 × 4 by default), in a class order drawn per seed (`ORDER_SEED`, seed). All images are rendered under one domain shift
 where zero-shot is far from perfect (on the clean domain it is at 99.5 %): ``--shift auto`` (the default) takes,
 of `CANDIDATE_SHIFTS`, the one where Continual-CLIP is least accurate on the **validation** stream
 (`edgeclip.data.streams.validation`), never on the test stream. Training images: `per_class` images of each class
@@ -309,17 +311,18 @@ class LinearHead:
 def _pool(model: Any, batch: Any, views: int, view_seed: int) -> tuple[torch.Tensor, np.ndarray]:
     from edgeclip.runtime.feature_pool import ViewPolicy, build_feature_pool
 
-    pool = build_feature_pool(model, list(batch.images), class_names=shapes.class_names(),
+    pool = build_feature_pool(model, list(batch.images), class_names=list(batch.class_names),
                               labels=batch.labels.tolist(), views=ViewPolicy(extra_views=views - 1,
                                                                              view_seed=view_seed), cache=False)
     return pool.embeds, np.asarray(batch.labels)
 
 
-def _train_batch(shift: str, per_class: int, seed: int) -> Any:
-    """`per_class` images of each of the 16 classes, in random order, from the proxy stream `seed`."""
-    n_classes = len(shapes.class_names())
+def _train_batch(shift: str, per_class: int, seed: int, classes: str = "colour-shape") -> Any:
+    """`per_class` images of each class of the class set `classes`, in random order, from the proxy stream
+    `seed`."""
+    n_classes = len(shapes.class_names(classes))
     labels = np.random.default_rng(seed).permutation(np.repeat(np.arange(n_classes), per_class))
-    return shapes.make_batch(len(labels), seed=seed, shift=shift, labels=labels)
+    return shapes.make_batch(len(labels), seed=seed, shift=shift, labels=labels, classes=classes)
 
 
 def class_order(seed: int, n_classes: int = 16) -> list[int]:
@@ -345,13 +348,14 @@ def _outputs(name: str, learner: Any, embeds: torch.Tensor) -> tuple[torch.Tenso
 
 def _run_seed(model: Any, seed: int, *, shift: str, per_class: int, tasks: int, classes_per_task: int,
               test: tuple[torch.Tensor, np.ndarray], clap_settings: Mapping[str, Any], linear_lr: float,
-              methods: Sequence[str] = METHODS, train_seed: int | None = None) -> dict[str, Any]:
+              methods: Sequence[str] = METHODS, train_seed: int | None = None,
+              classes: str = "colour-shape") -> dict[str, Any]:
     """One run of the protocol: per method the accuracy matrix, the accuracy after each task, the final
     per-frame correctness and confidence, the novelty metrics after each task but the last, and the times."""
     from edgeclip.runtime.methods.clap import CLAP
     from edgeclip.runtime.methods.registry import create_method
 
-    names = shapes.class_names()
+    names = shapes.class_names(classes)
     order = class_order(seed, len(names))[: tasks * classes_per_task]
     groups = [order[i * classes_per_task:(i + 1) * classes_per_task] for i in range(tasks)]
     settings = {**clap_settings, "seed": seed, "mc_seed": seed}
@@ -359,7 +363,7 @@ def _run_seed(model: Any, seed: int, *, shift: str, per_class: int, tasks: int, 
     assert isinstance(clap, CLAP)
     cfg = clap.config
     train_emb, train_y = _pool(model, _train_batch(shift, per_class, TRAIN_SEED + seed if train_seed is None
-                                                    else train_seed), cfg.memory_views, view_seed=seed)
+                                                    else train_seed, classes), cfg.memory_views, view_seed=seed)
     test_emb, test_y = test
     learners: dict[str, Any] = {}
     if "clap" in methods:
@@ -424,36 +428,36 @@ def _run_seed(model: Any, seed: int, *, shift: str, per_class: int, tasks: int, 
     return out
 
 
-def choose_shift(model: Any, candidates: Sequence[str] = CANDIDATE_SHIFTS, n_val: int = N_VAL
-                 ) -> tuple[str, dict[str, float]]:
-    """The candidate shift where Continual-CLIP (the template ensemble over all 16 classes) is least accurate on
+def choose_shift(model: Any, candidates: Sequence[str] = CANDIDATE_SHIFTS, n_val: int = N_VAL,
+                 classes: str = "colour-shape") -> tuple[str, dict[str, float]]:
+    """The candidate shift where Continual-CLIP (the template ensemble over all the classes) is least accurate on
     the validation stream, and every candidate's validation accuracy (%)."""
     from edgeclip.runtime.methods.registry import create_method
 
-    names = shapes.class_names()
+    names = shapes.class_names(classes)
     zs = create_method("clap", model, names)
     accs = {}
     for shift in candidates:
-        emb, y = _pool(model, validation(shift, n_val), 1, 0)
+        emb, y = _pool(model, validation(shift, n_val, classes), 1, 0)
         accs[shift] = 100.0 * float((zs.predict(emb).labels.numpy() == y).mean())
     return min(accs, key=lambda s: accs[s]), accs
 
 
 def tune_linear(model: Any, shift: str, *, per_class: int, tasks: int, classes_per_task: int,
-                clap_settings: Mapping[str, Any], lrs: Sequence[float] = LINEAR_LRS, n_val: int = N_VAL
-                ) -> dict[str, Any]:
+                clap_settings: Mapping[str, Any], lrs: Sequence[float] = LINEAR_LRS, n_val: int = N_VAL,
+                classes: str = "colour-shape") -> dict[str, Any]:
     """The linear head's lr: the grid's best last accuracy on the validation stream (one run with run seed
     `TUNE_RUN_SEED`'s class order, training images from `TUNE_TRAIN_SEED`); returns the grid rows and the
     choice."""
     from edgeclip.runtime.methods.registry import create_method
 
     cfg = create_method("clap", model, [], **clap_settings).config
-    val = _pool(model, validation(shift, n_val), cfg.memory_views, 0)
+    val = _pool(model, validation(shift, n_val, classes), cfg.memory_views, 0)
     rows = []
     for lr in lrs:
         res = _run_seed(model, TUNE_RUN_SEED, shift=shift, per_class=per_class, tasks=tasks,
                         classes_per_task=classes_per_task, test=val, clap_settings=clap_settings, linear_lr=lr,
-                        methods=("linear",), train_seed=TUNE_TRAIN_SEED)["linear"]
+                        methods=("linear",), train_seed=TUNE_TRAIN_SEED, classes=classes)["linear"]
         rows.append({"lr": lr, "val_last": res["last"], "val_aia": res["aia"], "val_bwt": res["bwt"]})
         log.info("linear head lr %g: validation last %.1f %%", lr, res["last"])
     best = max(rows, key=lambda r: (r["val_last"], -r["lr"]))
@@ -500,7 +504,7 @@ def _forgetting_note(summary: Mapping[str, Any]) -> str:
 def bench_clap(bundle: Any = "micro", *, seeds: Sequence[int] = (0, 1, 2, 3, 4), shift: str = "auto",
                per_class: int = 50, n_test: int = 1024, tasks: int = 4, classes_per_task: int = 4,
                clap_settings: Mapping[str, Any] | None = None, linear_lr: float | None = None,
-               threads: int | None = 1) -> dict[str, Any]:
+               threads: int | None = 1, classes: str = "colour-shape") -> dict[str, Any]:
     """Class-incremental CLAP vs Continual-CLIP vs `LinearHead` (see the module docstring): per method mean and
     spread over `seeds` of AIA, last accuracy, BWT, forgetting, ECE, novelty AUROC and FPR95, the accuracy after
     every task, paired last-accuracy differences with 95 % bootstrap intervals; a `write_report` dict.
@@ -510,7 +514,7 @@ def bench_clap(bundle: Any = "micro", *, seeds: Sequence[int] = (0, 1, 2, 3, 4),
     import edgeclip
     from edgeclip.runtime.methods.registry import create_method
 
-    names = shapes.class_names()
+    names = shapes.class_names(classes)
     if tasks < 1 or classes_per_task < 1 or tasks * classes_per_task > len(names):
         raise InputError(f"{tasks} tasks of {classes_per_task} classes do not fit the {len(names)} classes")
     if per_class < 1 or n_test < 1 or not seeds:
@@ -523,21 +527,21 @@ def bench_clap(bundle: Any = "micro", *, seeds: Sequence[int] = (0, 1, 2, 3, 4),
     with torch_threads(threads):
         val_acc: dict[str, float] | None = None
         if shift == "auto":
-            shift, val_acc = choose_shift(model)
+            shift, val_acc = choose_shift(model, classes=classes)
             log.info("shift chosen on the validation stream: %s (%s)", shift, val_acc)
         tuning = None
         if linear_lr is None:
             tuning = tune_linear(model, shift, per_class=per_class, tasks=tasks, classes_per_task=classes_per_task,
-                                 clap_settings=clap_settings)
+                                 clap_settings=clap_settings, classes=classes)
             linear_lr = float(tuning["choice"])
         cfg = create_method("clap", model, [], **clap_settings).config
-        test = _pool(model, held_out(shift, n_test), cfg.memory_views, view_seed=0)
+        test = _pool(model, held_out(shift, n_test, classes), cfg.memory_views, view_seed=0)
         runs = {}
         for s in seeds:
             log.info("seed %d", s)
             runs[s] = _run_seed(model, s, shift=shift, per_class=per_class, tasks=tasks,
                                 classes_per_task=classes_per_task, test=test, clap_settings=clap_settings,
-                                linear_lr=linear_lr)
+                                linear_lr=linear_lr, classes=classes)
     seconds = time.perf_counter() - t0
     summary = {m: {k: _summary([runs[s][m][k] for s in seeds]) for k in METRICS} for m in METHODS}
     rows = [{"method": m, **{_METRIC_LABELS[k]: _fmt(summary[m][k], 3 if k == "ece" else 1) for k in METRICS}}
@@ -572,7 +576,8 @@ def bench_clap(bundle: Any = "micro", *, seeds: Sequence[int] = (0, 1, 2, 3, 4),
                             for s in seeds} for m in METHODS}
     clap_variance_auroc = _summary([runs[s]["clap"]["auroc_variance"] for s in seeds]) if tasks > 1 else None
     cfg_dict = dataclasses.asdict(cfg)
-    config = {"model": model_label(model.bundle), "shift": shift, "validation_zero_shot": val_acc,
+    config = {"model": model_label(model.bundle), "classes": classes, "n_classes": len(names), "shift": shift,
+              "validation_zero_shot": val_acc,
               "n_val": N_VAL, "val_seed": VALIDATION_SEED, "seeds": list(seeds), "tasks": tasks,
               "classes_per_task": classes_per_task, "per_class": per_class, "n_test": n_test,
               "eval_seed": EVAL_SEED, "train_seed": TRAIN_SEED, "order_seed": ORDER_SEED,
@@ -585,8 +590,8 @@ def bench_clap(bundle: Any = "micro", *, seeds: Sequence[int] = (0, 1, 2, 3, 4),
                  if val_acc else f"shift {shift}: given on the command line")
     notes = [f"Class-incremental: {tasks} tasks of {classes_per_task} classes (class order drawn per seed), "
              f"{per_class} training images per class (proxy stream seed {TRAIN_SEED} + seed), tested after every "
-             f"task on the held-out images (seed {EVAL_SEED}, {n_test} images of all 16 classes) of every class "
-             f"seen so far, predicting over all of them. {shift_why}. Seeds {list(seeds)}; mean ± std over seeds "
+             f"task on the held-out images (seed {EVAL_SEED}, {n_test} images of all {len(names)} classes) of every "
+             f"class seen so far, predicting over all of them. {shift_why}. Seeds {list(seeds)}; mean ± std over seeds "
              f"(min–max in the second table). {seconds:.0f} s in all.",
              f"clap: CLAPConfig defaults{' with ' + str(clap_settings) if clap_settings else ''} (epochs "
              f"{cfg.epochs}, fine-tune {cfg.finetune_epochs}, MC samples {cfg.mc_samples}, memory "
@@ -615,7 +620,7 @@ def bench_clap(bundle: Any = "micro", *, seeds: Sequence[int] = (0, 1, 2, 3, 4),
              _forgetting_note(summary)]
     if tasks * classes_per_task == len(names):
         notes.append("continual-clip has no spread in last accuracy and ECE: it does not train, and after the last "
-                     "task it scores the same test images over the same 16 classes whatever the order; its spread "
+                     "task it scores the same test images over the same classes whatever the order; its spread "
                      "elsewhere comes from the class order alone.")
     if clap_variance_auroc is not None:
         notes.append(f"CLAP's MC variance as the novelty score instead of the energy: AUROC "
@@ -636,7 +641,7 @@ def bench_clap(bundle: Any = "micro", *, seeds: Sequence[int] = (0, 1, 2, 3, 4),
         tables.append({"title": "Linear head lr on the validation stream (one run)",
                        "columns": ["lr", "val_last", "val_aia", "val_bwt"], "rows": tuning["rows"]})
     return {"title": f"Class-incremental CLAP4CLIP vs Continual-CLIP and a linear head on {model_label(model.bundle)}"
-                     f" ({shift})",
+                     f" ({len(names)} classes, {shift})",
             "bench": "clap", "config": config, "columns": ["method", *_METRIC_LABELS.values()], "rows": rows,
             "tables": tables, "summary": summary, "curves": {m: c.tolist() for m, c in curves.items()},
             "matrices": matrices, "known_class_matrices": known_matrices, "novelty_per_task": novelty_per_task,
@@ -701,6 +706,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "where zero-shot is least accurate on the validation stream (default auto)")
     p.add_argument("--per-class", type=int, default=50, help="training images per class (default 50)")
     p.add_argument("--n-test", type=int, default=1024, help="held-out test images, all classes (default 1024)")
+    p.add_argument("--classes", choices=shapes.CLASS_SETS, default="colour-shape", help="the class set: colour × "
+                   "shape (16, default) or size × colour × shape (32: a longer stream, e.g. --tasks 8)")
     p.add_argument("--tasks", type=int, default=4, help="tasks (default 4)")
     p.add_argument("--classes-per-task", type=int, default=4, help="classes per task (default 4)")
     p.add_argument("--clap", default="", metavar="KEY=VALUE,...",
@@ -720,7 +727,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise InputError(f"--seeds takes comma-separated integers, got {args.seeds!r}") from exc
     results = bench_clap(args.bundle, seeds=seeds, shift=args.shift, per_class=args.per_class, n_test=args.n_test,
                          tasks=args.tasks, classes_per_task=args.classes_per_task,
-                         clap_settings=_clap_overrides(args.clap), linear_lr=args.linear_lr, threads=args.threads)
+                         clap_settings=_clap_overrides(args.clap), linear_lr=args.linear_lr, threads=args.threads,
+                         classes=args.classes)
     for path in write_report(results, args.out, args.name).values():
         log.info("wrote %s", path)
     log.info("wrote %s", plot_accuracy(results, args.out / f"{args.name}.png"))

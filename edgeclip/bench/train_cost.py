@@ -142,7 +142,8 @@ def _arf_rows(model: Any, names: list[str], *, per_class: int, epochs: int, roun
             out["workstation"]["per_epoch_s"].append(seconds / epochs)
             out["workstation"]["peak_mb"].append(peak)
             log.info("arf workstation round %d: %.3f s/epoch, %.1f MiB", r + 1, seconds / epochs, peak)
-    rows = [{"method": "arf", "what": f"{mode} mode, one epoch", "classes_so_far": len(names), "images": len(pool),
+    rows = [{"method": "arf", "what": f"{mode} mode, a fit of {epochs} epochs", "classes_so_far": len(names),
+             "images": len(pool),
              "steps": None, **_flat("wall_s", [e * epochs for e in v["per_epoch_s"]]),
              **_flat("per_epoch_s", v["per_epoch_s"]), **_flat("peak_mb", v["peak_mb"])} for mode, v in out.items()]
     ratio = None

@@ -30,6 +30,7 @@ from edgeclip.errors import InputError
 __all__ = [
     "BACKGROUND_COLOURS",
     "BACKGROUND_STYLES",
+    "CLASS_SETS",
     "COLOURS",
     "POSITIONS",
     "SHAPES",
@@ -109,9 +110,25 @@ caption_templates: tuple[str, ...] = (
 ZERO_SHOT_TEMPLATE = caption_templates[0]
 
 
-def class_names() -> list[str]:
-    """The class names in label order: ``"{colour} {shape}"``, colour-major (label = colour * 4 + shape)."""
-    return [f"{c} {s}" for c in COLOURS for s in SHAPES]
+#: The class sets: colour × shape (the default, 16 classes), and size × colour × shape (32 classes, "small red
+#: circle", ...: the same scenes with the size made part of the class, for a longer class-incremental stream).
+CLASS_SETS: tuple[str, ...] = ("colour-shape", "size-colour-shape")
+
+
+def _check_class_set(classes: str) -> str:
+    if classes not in CLASS_SETS:
+        raise InputError(f"classes must be one of {CLASS_SETS}, got {classes!r}")
+    return classes
+
+
+def class_names(classes: str = "colour-shape") -> list[str]:
+    """The class names in label order: ``"{colour} {shape}"``, colour-major (label = colour * 4 + shape); for
+    ``classes="size-colour-shape"`` ``"{size} {colour} {shape}"``, size-major (label = size * 16 + colour * 4 +
+    shape)."""
+    base = [f"{c} {s}" for c in COLOURS for s in SHAPES]
+    if _check_class_set(classes) == "colour-shape":
+        return base
+    return [f"{size} {name}" for size in SIZES for name in base]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -193,13 +210,16 @@ class _Scenes:
     template: np.ndarray  # (N,) index into caption_templates
 
 
-def _sample_scenes(n: int, rng: np.random.Generator, labels: np.ndarray | None) -> _Scenes:
+def _sample_scenes(n: int, rng: np.random.Generator, labels: np.ndarray | None,
+                   sizes: np.ndarray | None = None) -> _Scenes:
     n_cls = len(COLOURS) * len(SHAPES)
     if labels is None:
         labels = rng.integers(0, n_cls, n)
     base = np.array([_COLOUR_RGB[c] for c in COLOURS], np.float32)[labels // len(SHAPES)]
     colour = np.clip(base + rng.uniform(-_COLOUR_JITTER, _COLOUR_JITTER, (n, 3)), 0, 255)
-    size = rng.integers(0, len(SIZES), n)
+    size = rng.integers(0, len(SIZES), n)  # drawn even when given, so every other attribute stays the same
+    if sizes is not None:
+        size = np.asarray(sizes, np.int64)
     lo = np.array([_RADIUS[s][0] for s in SIZES])[size]
     hi = np.array([_RADIUS[s][1] for s in SIZES])[size]
     radius = rng.uniform(lo, hi)
@@ -550,6 +570,7 @@ def make_batch(
     shift: str | Shift = "clean",
     render_size: int = 64,
     labels: Sequence[int] | np.ndarray | None = None,
+    classes: str = "colour-shape",
 ) -> ShapesBatch:
     """Render ``n`` random scenes with their captions.
 
@@ -559,8 +580,11 @@ def make_batch(
         shift: a name from :data:`SHIFTS` or a :class:`Shift`.
         render_size: image side in pixels (models take 32 px; preprocessing downsamples).
         labels: optional class of every image (length ``n``); random when omitted.
+        classes: the class set (`CLASS_SETS`): ``"size-colour-shape"`` labels the same scenes by size too (a
+            given label fixes the size), and the class names are `class_names` of that set.
 
-    The same seed gives the same scenes (labels, captions, geometry) under every shift.
+    The same seed gives the same scenes (labels, captions, geometry) under every shift, and the same images
+    under both class sets when the labels are random.
 
     Raises:
         InputError: unknown shift, bad ``n``, ``render_size``, ``seed`` or ``labels``.
@@ -570,22 +594,27 @@ def make_batch(
     if isinstance(render_size, bool) or not isinstance(render_size, (int, np.integer)) or render_size < 16:
         raise InputError(f"render_size must be an int >= 16, got {render_size!r}")
     spec = _get_shift(shift)
-    names = class_names()
+    names = class_names(classes)
+    sized = classes == "size-colour-shape"
+    sizes = None
     if labels is not None:
         labels = np.asarray(labels)
         if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
             raise InputError(f"labels must be {n} integers, got shape {labels.shape} dtype {labels.dtype}")
         if n and (labels.min() < 0 or labels.max() >= len(names)):
             raise InputError(f"labels must lie in [0, {len(names)}), got {labels.min()}..{labels.max()}")
+        if sized:
+            n_base = len(COLOURS) * len(SHAPES)
+            labels, sizes = labels % n_base, labels // n_base
     rng = _as_rng(seed)
-    scenes = _sample_scenes(int(n), rng, labels)
+    scenes = _sample_scenes(int(n), rng, labels, sizes)
     # The shift's own randomness comes from a child stream, so scenes do not depend on the shift.
     shift_rng = np.random.default_rng(rng.integers(0, 2**63))
     images = _render(scenes, int(render_size), spec.render, shift_rng)
     images = spec.post(images, shift_rng)
     return ShapesBatch(
         images=images,
-        labels=scenes.labels,
+        labels=scenes.labels + len(COLOURS) * len(SHAPES) * scenes.size if sized else scenes.labels,
         captions=_captions(scenes),
         class_names=names,
         shift=spec.name,

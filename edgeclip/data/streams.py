@@ -24,14 +24,14 @@ VALIDATION_SEED = 30_000
 IMBALANCED_SEED = EVAL_SEED + 1
 
 
-def held_out(shift: str, n: int) -> ShapesBatch:
-    """The held-out evaluation images of one shift (never tuned on)."""
-    return make_batch(n, seed=EVAL_SEED, shift=shift)
+def held_out(shift: str, n: int, classes: str = "colour-shape") -> ShapesBatch:
+    """The held-out evaluation images of one shift (never tuned on), labelled in the class set `classes`."""
+    return make_batch(n, seed=EVAL_SEED, shift=shift, classes=classes)
 
 
-def validation(shift: str, n: int) -> ShapesBatch:
-    """The validation images of one shift (for choosing hyper-parameters)."""
-    return make_batch(n, seed=VALIDATION_SEED, shift=shift)
+def validation(shift: str, n: int, classes: str = "colour-shape") -> ShapesBatch:
+    """The validation images of one shift (for choosing hyper-parameters), labelled in the class set `classes`."""
+    return make_batch(n, seed=VALIDATION_SEED, shift=shift, classes=classes)
 
 
 def imbalanced(shift: str, n: int, *, n_classes: int = 16, head: int = 2, head_share: float = 0.6,

@@ -26,7 +26,8 @@ def test_arf_device_and_workstation_side_by_side(tmp_path, capsys: pytest.Captur
     assert main(["bench", "train", "--method", "arf", "--per-class", "2", "--epochs", "1", "--rounds", "1",
                  "--threads", "1", "--out", str(tmp_path), "--json"]) == 0
     data = json.loads((tmp_path / "train-cost-arf.json").read_text())
-    assert [r["what"] for r in data["rows"]] == ["device mode, one epoch", "workstation mode, one epoch"]
+    assert [r["what"] for r in data["rows"]] == ["device mode, a fit of 1 epochs",
+                                                 "workstation mode, a fit of 1 epochs"]
     w = data["workstation_over_device"]
     assert w["min"] <= w["median"] <= w["max"] and w["median"] > 0
     assert json.loads(capsys.readouterr().out)["method"] == "arf"

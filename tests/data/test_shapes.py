@@ -161,3 +161,22 @@ def test_render_speed_is_reasonable() -> None:
     make_batch(256, seed=0)
     # ~30 ms on an idle 2-core CPU; the bound is loose because CI machines are shared.
     assert time.perf_counter() - start < 1.0
+
+
+def test_size_colour_shape_class_set_relabels_the_same_scenes() -> None:
+    from edgeclip.data.shapes import CLASS_SETS, SIZES
+
+    names = class_names("size-colour-shape")
+    assert CLASS_SETS == ("colour-shape", "size-colour-shape")
+    assert len(names) == 32 and names[0] == "small red circle" and names[16] == "large red circle"
+    a = make_batch(48, seed=3, shift="blur")
+    b = make_batch(48, seed=3, shift="blur", classes="size-colour-shape")
+    assert (a.images == b.images).all() and b.class_names == names  # random labels: the same images
+    assert (b.labels == a.labels + 16 * a.attributes["size"]).all()
+    forced = make_batch(64, seed=1, labels=np.arange(64) % 32, classes="size-colour-shape")
+    assert (forced.labels == np.arange(64) % 32).all()
+    assert [SIZES[s] for s in forced.attributes["size"][:32:16]] == ["small", "large"]  # the label fixes the size
+    with pytest.raises(InputError, match="labels must lie"):
+        make_batch(2, seed=0, labels=[0, 32], classes="size-colour-shape")
+    with pytest.raises(InputError, match="classes must be one of"):
+        class_names("colour")
