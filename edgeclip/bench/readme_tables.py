@@ -177,6 +177,8 @@ TABLES: dict[str, Table] = {t.name: t for t in (
     Table("ship", ("ship-micro",), ship_table, "edgeclip bench ship --out docs/results"),
     Table("ship-generator", ("ship-micro",), ship_generator_table, "the ship run (same file)"),
     Table("clap", ("clap-micro",), clap_table, "edgeclip bench clap --out docs/results"),
+    Table("clap-sized", ("clap-micro-sized",), clap_table, "edgeclip bench clap --classes size-colour-shape "
+          "--tasks 8 --name clap-micro-sized --out docs/results"),
     Table("train-speed", ("train-speed-micro", "train-speed-vit-b-32-c100"), train_speed_table,
           "edgeclip bench train --samples 256 --rounds 5 --suffix micro --out docs/results; edgeclip bench train "
           "--model ViT-B-32 --classes 100 --samples 64 --rounds 3 --max-time 240 --suffix vit-b-32-c100 --out "
