@@ -40,6 +40,7 @@ from edgeclip.bench.result_tables import (
     session_table,
     ship_generator_table,
     ship_table,
+    train_cost_table,
     train_speed_table,
     trzsl_table,
     tta_accuracy_table,
@@ -179,6 +180,9 @@ TABLES: dict[str, Table] = {t.name: t for t in (
     Table("clap", ("clap-micro",), clap_table, "edgeclip bench clap --out docs/results"),
     Table("clap-sized", ("clap-micro-sized",), clap_table, "edgeclip bench clap --classes size-colour-shape "
           "--tasks 8 --name clap-micro-sized --out docs/results"),
+    Table("train-cost", ("train-cost-clap-micro", "train-cost-clap-vit-b-32-c40", "train-cost-arf-micro",
+                         "train-cost-arf-vit-b-32"), train_cost_table,
+          "edgeclip bench train --method clap|arf --threads 1 (see each source line)"),
     Table("train-speed", ("train-speed-micro", "train-speed-vit-b-32-c100"), train_speed_table,
           "edgeclip bench train --samples 256 --rounds 5 --suffix micro --out docs/results; edgeclip bench train "
           "--model ViT-B-32 --classes 100 --samples 64 --rounds 3 --max-time 240 --suffix vit-b-32-c100 --out "

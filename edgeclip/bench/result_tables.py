@@ -499,6 +499,6 @@ def train_cost_table(results: list[dict[str, Any]]) -> str:
         if w:
             out.append({"model": f"{res['config']['model']}, C = {res['config']['classes']}",
                         "step": "arf: workstation / device, per epoch",
-                        "wall time": f"**{w['median']:.1f}×** [{w['min']:.1f}, {w['max']:.1f}]", "per epoch": "",
+                        "wall time": f"{w['median']:.1f}× [{w['min']:.1f}, {w['max']:.1f}]", "per epoch": "",
                         "peak memory": ""})
     return markdown_table(out, ["model", "step", "wall time", "per epoch", "peak memory"])
