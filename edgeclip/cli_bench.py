@@ -370,7 +370,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     bs.add_argument("--out", default="bench-results", help="folder for the JSON and Markdown reports")
     bs.add_argument("--json", action="store_true")
     bs.set_defaults(func=cmd_bench_session)
-    from edgeclip.bench import clap_eval, pseudolabel_eval, ship_eval, trzsl_eval
+    from edgeclip.bench import arf_eval, clap_eval, pseudolabel_eval, ship_eval, trzsl_eval
+
+    ba = bsub.add_parser("arf", help="ARF against zero-shot, plain fine-tuning and WiSE-FT in the device and the "
+                         "workstation mode: in-distribution, under the other shifts, on held-out classes; paired CIs")
+    arf_eval.add_arguments(ba)
+    ba.add_argument("--json", action="store_true")
+    ba.set_defaults(func=_cmd_module("arf_eval"))
 
     bc = bsub.add_parser("clap", help="CLAP class-incremental under a shift against Continual-CLIP and a linear head: "
                          "incremental / last accuracy, forgetting, ECE, novelty AUROC and FPR95 over seeds")

@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from edgeclip.bench.result_tables import (
+    arf_claim_table,
+    arf_table,
     clap_table,
     encoders_table,
     kernels_select_table,
@@ -178,6 +180,8 @@ TABLES: dict[str, Table] = {t.name: t for t in (
     Table("ship", ("ship-micro",), ship_table, "edgeclip bench ship --out docs/results"),
     Table("ship-generator", ("ship-micro",), ship_generator_table, "the ship run (same file)"),
     Table("clap", ("clap-micro",), clap_table, "edgeclip bench clap --out docs/results"),
+    Table("arf", ("arf-micro",), arf_table, "edgeclip bench arf --out docs/results"),
+    Table("arf-claim", ("arf-micro",), arf_claim_table, "the arf run (same file)"),
     Table("clap-sized", ("clap-micro-sized",), clap_table, "edgeclip bench clap --classes size-colour-shape "
           "--tasks 8 --name clap-micro-sized --out docs/results"),
     Table("train-cost", ("train-cost-clap-micro", "train-cost-clap-vit-b-32-c40", "train-cost-arf-micro",

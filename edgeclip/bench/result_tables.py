@@ -15,6 +15,8 @@ from edgeclip.bench.report import BUSY_CORES, format_value, markdown_table
 __all__ = [
     "METHOD_NAMES",
     "SHIFT_NAMES",
+    "arf_claim_table",
+    "arf_table",
     "clap_table",
     "encoders_table",
     "kernels_select_table",
@@ -502,3 +504,35 @@ def train_cost_table(results: list[dict[str, Any]]) -> str:
                         "wall time": f"{w['median']:.1f}× [{w['min']:.1f}, {w['max']:.1f}]", "per epoch": "",
                         "peak memory": ""})
     return markdown_table(out, ["model", "step", "wall time", "per epoch", "peak memory"])
+
+
+def arf_table(results: list[dict[str, Any]]) -> str:
+    """`edgeclip bench arf`: accuracy (%) per mode and method in-distribution, under shift (mean) and on the
+    held-out classes (mean; among themselves and among all classes), with ARF's paired differences against
+    plain fine-tuning (95 % CI; bold where it excludes zero)."""
+    (res,) = results
+    diffs = {(r["mode"], r["comparison"]): r for r in _table(res, "comparison")["rows"]}
+    of16 = {(r["mode"], r["row"]): r for r in _table(res, "row")["rows"]}
+    out = []
+    for r in res["rows"]:
+        row = {"mode": r["mode"], "method": r["method"], "in-distribution": f"{r['ID']:.1f}",
+               "other shifts (mean)": f"{r['shift mean']:.1f}", "held-out classes (mean)": f"{r['held-out mean']:.1f}"}
+        h = of16.get((r["mode"], r["method"]))
+        row["held-out among all classes"] = f"{h['mean']:.1f}" if h is not None else ""
+        out.append(row)
+        if r["method"] == "ARF":
+            d = next((v for (m, c), v in diffs.items() if m == r["mode"] and c.endswith("plain FT")), None)
+            if d is not None:
+                d16 = of16.get((r["mode"], "ARF − plain FT"))
+                out.append({"mode": r["mode"], "method": "ARF − plain FT", "in-distribution": d["ID"],
+                            "other shifts (mean)": d["shift mean"], "held-out classes (mean)": d["held-out mean"],
+                            "held-out among all classes": d16["mean"] if d16 is not None else ""})
+    return markdown_table(out, ["mode", "method", "in-distribution", "other shifts (mean)",
+                                "held-out classes (mean)", "held-out among all classes"])
+
+
+def arf_claim_table(results: list[dict[str, Any]]) -> str:
+    """The same report's verdict on the paper's claim, per mode and baseline."""
+    (res,) = results
+    t = _table(res, "claim holds")
+    return markdown_table(t["rows"], t["columns"])
