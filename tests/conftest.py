@@ -86,3 +86,13 @@ def micro():
     import edgeclip
 
     return edgeclip.load(edgeclip.default_bundle(), backend="torch")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Torch on one thread for a module (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``): its tensors
+    are tiny, so one thread is fastest and does not thrash a shared 2-core machine; restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
 from edgeclip.bench import arf_eval as A
 from edgeclip.bench.paired import PairedDifference
@@ -23,12 +22,7 @@ TINY: dict[str, Any] = {"shift": "low_contrast", "per_class": 2, "n_pairs": 32, 
                         "epochs": 1, "replicates": 2, "workstation_replicates": 2}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from edgeclip.bench import clap_eval as C
 from edgeclip.errors import InputError
@@ -19,12 +18,7 @@ NAN = float("nan")
 TINY_CLAP = "epochs=3,finetune_epochs=1,mc_samples=4,batch_size=16"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # -- metrics ------------------------------------------------------------------------------------------------

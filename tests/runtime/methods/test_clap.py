@@ -36,13 +36,7 @@ def task_pool(micro: edgeclip.EdgeClip, t: int, n: int = 32, shift: str = "low_c
                               views=ViewPolicy(extra_views=1), cache=False)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The tensors here are tiny: one thread is fastest, and it does not thrash a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
