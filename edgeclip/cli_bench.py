@@ -370,7 +370,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     bs.add_argument("--out", default="bench-results", help="folder for the JSON and Markdown reports")
     bs.add_argument("--json", action="store_true")
     bs.set_defaults(func=cmd_bench_session)
-    from edgeclip.bench import arf_eval, clap_eval, pseudolabel_eval, ship_eval, trzsl_eval
+    from edgeclip.bench import arf_eval, clap_eval, precision, pseudolabel_eval, ship_eval, trzsl_eval
+
+    bq = bsub.add_parser("precision", help="the INT8 image encoder against FP32 through onnxruntime on the CPU: "
+                         "speed side by side per batch size, zero-shot and TPT accuracy per shift")
+    precision.add_arguments(bq)
+    bq.add_argument("--json", action="store_true")
+    bq.set_defaults(func=_cmd_module("precision"))
 
     ba = bsub.add_parser("arf", help="ARF against zero-shot, plain fine-tuning and WiSE-FT in the device and the "
                          "workstation mode: in-distribution, under the other shifts, on held-out classes; paired CIs")

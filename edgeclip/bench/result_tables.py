@@ -22,6 +22,7 @@ __all__ = [
     "kernels_select_table",
     "kernels_table",
     "online_memory_table",
+    "precision_table",
     "pseudolabel_order_table",
     "pseudolabel_table",
     "session_table",
@@ -536,3 +537,25 @@ def arf_claim_table(results: list[dict[str, Any]]) -> str:
     (res,) = results
     t = _table(res, "claim holds")
     return markdown_table(t["rows"], t["columns"])
+
+
+def precision_table(results: list[dict[str, Any]]) -> str:
+    """`edgeclip bench precision`, one block of rows per report: FP32 and INT8 time per encoder and batch, the
+    INT8 speed-up (median of paired rounds, 10th–90th percentile; bold where the whole range is above 1), and
+    for a bundle that knows the classes the mean zero-shot / TPT accuracy with both and the paired difference."""
+    out = []
+    for res in results:
+        model = res["config"]["model"]
+        for r in res["rows"]:
+            out.append({"model": model, "what": f"{r['encoder']}, batch {r['batch']}",
+                        "FP32": _ms(r["fp32_ms"]), "INT8": _ms(r["int8_ms"]),
+                        "INT8 speed-up": _ratio(r)})
+        acc = res.get("accuracy")
+        if acc:
+            for row in acc["rows"]:
+                if row["encoder"] == "INT8 − FP32":
+                    worst = acc[f"{row['method']}_worst_shift_loss"]
+                    out.append({"model": model, "what": f"{row['method']} accuracy, mean over shifts (points)",
+                                "FP32": "", "INT8": "", "INT8 speed-up": f"INT8 − FP32 {row['mean']}; largest loss "
+                                                                         f"on one shift {worst:+.1f}"})
+    return markdown_table(out, ["model", "what", "FP32", "INT8", "INT8 speed-up"])
