@@ -7,6 +7,7 @@ and prints its report through the main command's output helper.
 from __future__ import annotations
 
 import argparse
+import importlib
 from pathlib import Path
 from typing import Any
 
@@ -198,12 +199,27 @@ def cmd_bench_train(args: argparse.Namespace) -> int:
     return 0
 
 
+#: verbs whose module has ``add_arguments(p)`` and ``run(args)``: (verb, module in edgeclip.bench, help)
+_MODULE_VERBS = (
+    ("precision", "precision", "the INT8 image encoder against FP32 through onnxruntime on the CPU: speed side by "
+     "side per batch size, zero-shot and TPT accuracy per shift"),
+    ("arf", "arf_eval", "ARF against zero-shot, plain fine-tuning and WiSE-FT in the device and the workstation "
+     "mode: in-distribution, under the other shifts, on held-out classes; paired CIs"),
+    ("clap", "clap_eval", "CLAP class-incremental under a shift against Continual-CLIP and a linear head: "
+     "incremental / last accuracy, forgetting, ECE, novelty AUROC and FPR95 over seeds"),
+    ("pseudolabel", "pseudolabel_eval", "FPL / IFPL / GRIP without labels against zero-shot on held-out shifts of "
+     "the micro world, paired CIs, per-class accuracy before and after"),
+    ("ship", "ship_eval", "SHIP + CoOp against CoOp alone on a base/new split of the micro classes (base, new, "
+     "harmonic mean, paired CIs)"),
+    ("trzsl", "trzsl_eval", "transductive zero-shot GRIP (8 seen classes labelled, 8 unseen) against zero-shot: "
+     "harmonic mean of seen and unseen accuracy, paired CIs"),
+)
+
+
 def _cmd_module(module: str) -> Any:
     """A verb that runs `edgeclip.bench.<module>.run(args)` and prints the Markdown report it wrote."""
 
     def cmd(args: argparse.Namespace) -> int:
-        import importlib
-
         results = importlib.import_module(f"edgeclip.bench.{module}").run(args)
         md = Path(args.out) / f"{args.name}.md"
         _emit(args, results, md.read_text() + f"\nwrote {md} and its JSON")
@@ -370,41 +386,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     bs.add_argument("--out", default="bench-results", help="folder for the JSON and Markdown reports")
     bs.add_argument("--json", action="store_true")
     bs.set_defaults(func=cmd_bench_session)
-    from edgeclip.bench import arf_eval, clap_eval, precision, pseudolabel_eval, ship_eval, trzsl_eval
-
-    bq = bsub.add_parser("precision", help="the INT8 image encoder against FP32 through onnxruntime on the CPU: "
-                         "speed side by side per batch size, zero-shot and TPT accuracy per shift")
-    precision.add_arguments(bq)
-    bq.add_argument("--json", action="store_true")
-    bq.set_defaults(func=_cmd_module("precision"))
-
-    ba = bsub.add_parser("arf", help="ARF against zero-shot, plain fine-tuning and WiSE-FT in the device and the "
-                         "workstation mode: in-distribution, under the other shifts, on held-out classes; paired CIs")
-    arf_eval.add_arguments(ba)
-    ba.add_argument("--json", action="store_true")
-    ba.set_defaults(func=_cmd_module("arf_eval"))
-
-    bc = bsub.add_parser("clap", help="CLAP class-incremental under a shift against Continual-CLIP and a linear head: "
-                         "incremental / last accuracy, forgetting, ECE, novelty AUROC and FPR95 over seeds")
-    clap_eval.add_arguments(bc)
-    bc.add_argument("--json", action="store_true")
-    bc.set_defaults(func=_cmd_module("clap_eval"))
-
-    bp = bsub.add_parser("pseudolabel", help="FPL / IFPL / GRIP without labels against zero-shot on held-out shifts "
-                         "of the micro world, paired CIs, per-class accuracy before and after")
-    pseudolabel_eval.add_arguments(bp)
-    bp.add_argument("--json", action="store_true")
-    bp.set_defaults(func=_cmd_module("pseudolabel_eval"))
-    bh = bsub.add_parser("ship", help="SHIP + CoOp against CoOp alone on a base/new split of the micro classes "
-                         "(base, new, harmonic mean, paired CIs)")
-    ship_eval.add_arguments(bh)
-    bh.add_argument("--json", action="store_true")
-    bh.set_defaults(func=_cmd_module("ship_eval"))
-    bz2 = bsub.add_parser("trzsl", help="transductive zero-shot GRIP (8 seen classes labelled, 8 unseen) against "
-                          "zero-shot: harmonic mean of seen and unseen accuracy, paired CIs")
-    trzsl_eval.add_arguments(bz2)
-    bz2.add_argument("--json", action="store_true")
-    bz2.set_defaults(func=_cmd_module("trzsl_eval"))
+    for verb, module, text in _MODULE_VERBS:
+        bm = bsub.add_parser(verb, help=text)
+        importlib.import_module(f"edgeclip.bench.{module}").add_arguments(bm)
+        bm.add_argument("--json", action="store_true")
+        bm.set_defaults(func=_cmd_module(module))
     br = bsub.add_parser("train", help="training cost: one GRIP epoch (cached embeddings and the truncated text "
                          "tower against the official structure: image tower every step, 77 tokens), one CLAP task, "
                          "one ARF epoch (device and workstation mode), with peak memory")

@@ -139,6 +139,7 @@ def bench_ship(bundle: str | Path = "micro", *, domains: Sequence[str] = ("clean
     from edgeclip.data import streams
     from edgeclip.runtime.feature_pool import ViewPolicy, build_feature_pool
     from edgeclip.runtime.methods import create_method
+    from edgeclip.runtime.methods.pseudolabel import harmonic_mean
     from edgeclip.runtime.methods.ship import SHIP, SHIPConfig
 
     prompt = dict(prompt or {"epochs": 20, "batch_size": 32, "lr": 2e-3, "momentum": 0.9, "weight_decay": 5e-4,
@@ -203,8 +204,8 @@ def bench_ship(bundle: str | Path = "micro", *, domains: Sequence[str] = ("clean
                                       **synthetic_fidelity(feats, cls - len(base), x, y, new_i)})
             for method, (cb, cn, secs, _) in results.items():
                 bacc, nacc = 100 * float(cb.mean()), 100 * float(cn.mean())
-                h = 0.0 if bacc + nacc == 0 else 2 * bacc * nacc / (bacc + nacc)
-                rows.append({"domain": dom, "method": method, "base": bacc, "new": nacc, "H": h, "n_base": len(cb),
+                rows.append({"domain": dom, "method": method, "base": bacc, "new": nacc,
+                             "H": harmonic_mean(bacc, nacc), "n_base": len(cb),
                              "n_new": len(cn), "fit_s": secs})
             cb, cn = results["CoOp alone (base classes)"][:2]
             detail[dom] = {"coop_report": coop_report.to_dict(), "n_train_images": len(train),

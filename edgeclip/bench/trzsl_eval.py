@@ -26,6 +26,7 @@ from edgeclip.bench.pseudolabel_eval import DEFAULT_SHIFTS, LABELED_SEED, POOL_S
 from edgeclip.bench.report import write_report
 from edgeclip.data import shapes
 from edgeclip.data.streams import EVAL_SEED, held_out
+from edgeclip.runtime.methods.pseudolabel import harmonic_mean
 
 __all__ = ["add_arguments", "bench_trzsl", "checkerboard_seen", "harmonic", "harmonic_difference",
            "mean_harmonic_difference", "run"]
@@ -44,7 +45,7 @@ def harmonic(correct: np.ndarray, seen: np.ndarray) -> tuple[float, float, float
     """Accuracy (%) on seen-class frames, on unseen-class frames, and their harmonic mean."""
     a_s = 100.0 * float(correct[seen].mean())
     a_u = 100.0 * float(correct[~seen].mean())
-    return a_s, a_u, (2 * a_s * a_u / (a_s + a_u) if a_s + a_u > 0 else 0.0)
+    return a_s, a_u, harmonic_mean(a_s, a_u)
 
 
 def _check_paired(a: np.ndarray, b: np.ndarray, seen: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

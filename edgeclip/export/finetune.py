@@ -92,7 +92,7 @@ from edgeclip.runtime.methods.arf_anchors import (
     select_top_k,
 )
 from edgeclip.runtime.methods.config import check_finite, check_positive_int
-from edgeclip.runtime.methods.prompt_training import lr_at
+from edgeclip.runtime.methods.prompt_training import finite_step, lr_at
 from edgeclip.runtime.model import DEFAULT_TEMPLATE
 from edgeclip.runtime.preprocess import PreprocessConfig, preprocess
 from edgeclip.runtime.text_tower import TextTower
@@ -622,14 +622,10 @@ def finetune_image_encoder(
                 loss = arf_loss(img, y[idx].to(dev), class_text, scale, tc=tc_batch, it=it_batch,
                                 lambda_tc=lambda_tc, lambda_it=lambda_it)
                 step += 1
-                if not bool(torch.isfinite(loss.total)):
+                if not finite_step(opt, loss.total):
                     skipped += 1
-                    opt.zero_grad(set_to_none=True)
                     log.warning("step %d: non-finite loss, skipped", step)
                     continue
-                opt.zero_grad(set_to_none=True)
-                loss.total.backward()
-                opt.step()
                 counted += 1
                 for key in ("total", "ft", "tc", "it"):
                     v = getattr(loss, key)

@@ -84,7 +84,7 @@ from edgeclip.runtime.methods.arf_anchors import (
 from edgeclip.runtime.methods.base import FitReport, Trainable
 from edgeclip.runtime.methods.config import check_finite, check_positive_int
 from edgeclip.runtime.methods.coop import ContextHead, pool_labels_for
-from edgeclip.runtime.methods.prompt_training import lr_at
+from edgeclip.runtime.methods.prompt_training import finite_step, lr_at
 from edgeclip.runtime.methods.zeroshot import image_logits
 from edgeclip.runtime.model import DEFAULT_TEMPLATE, EdgeClip
 from edgeclip.runtime.prediction import Prediction
@@ -403,12 +403,9 @@ class ARF(ContextHead, Trainable):
                 text = fixed_text if fixed_text is not None else self._train_text(task_names)
                 loss, parts = self.objective(x[idx], y[idx], text, self._draw(tc, cfg.anchor_batch_size, g),
                                              self._draw(it, cfg.anchor_batch_size, g))
-                if not torch.isfinite(loss):
+                if not finite_step(optimizer, loss):
                     report.skipped_steps += 1
                     continue
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
                 n_ok += 1
                 for k in sums:
                     sums[k] += 0.0 if math.isnan(parts[k]) else parts[k]

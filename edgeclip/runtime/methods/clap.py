@@ -87,6 +87,7 @@ from edgeclip.runtime.methods.clap_memory import (
 )
 from edgeclip.runtime.methods.config import check_finite, check_positive_int
 from edgeclip.runtime.methods.frames import iter_frames
+from edgeclip.runtime.methods.prompt_training import finite_step
 from edgeclip.runtime.model import EdgeClip
 from edgeclip.runtime.pool_sources import norm_name
 from edgeclip.runtime.prediction import Prediction
@@ -812,13 +813,9 @@ class CLAP(Trainable):
                     kl, lang = self._regulariser(mu, sigma, eps, reg_tasks)
                     loss = ce + kl + lang
                     step += 1
-                    if not bool(torch.isfinite(loss)):
+                    if not finite_step(opt, loss):
                         skipped += 1
-                        opt.zero_grad(set_to_none=True)
                         continue
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
                     total_loss += float(loss.detach()) * len(rows)
                     counted += len(rows)
                 losses.append(total_loss / max(1, counted))

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from edgeclip.runtime.methods.base import FitReport
 from edgeclip.runtime.methods.zeroshot import image_logits
 
-__all__ = ["OptimSettings", "lr_at", "train_context"]
+__all__ = ["OptimSettings", "finite_step", "lr_at", "train_context"]
 
 #: ``(logits [B, C], batch rows [B]) -> scalar loss``
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -49,6 +49,17 @@ def lr_at(step: int, total: int, warmup: int, lr: float) -> float:
         return lr * (0.1 + 0.9 * step / max(1, warmup))
     t = (step - warmup) / max(1, total - warmup)
     return lr * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def finite_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> bool:
+    """One optimiser step on `loss` — zero the gradients, backward, step — unless the loss is NaN or Inf, which
+    never reaches the parameters: then nothing is done and False is returned (the caller counts the skip)."""
+    if not bool(torch.isfinite(loss)):
+        return False
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return True
 
 
 def train_context(method: Any, x: torch.Tensor, y: torch.Tensor, opt: OptimSettings, report: FitReport, *,
@@ -90,12 +101,9 @@ def train_context(method: Any, x: torch.Tensor, y: torch.Tensor, opt: OptimSetti
                 xb, yb = augment(xb, yb)
             logits = image_logits(method.model, xb, method._train_text()) if logits_fn is None else logits_fn(xb)
             loss = F.cross_entropy(logits, yb) if loss_fn is None else loss_fn(logits, idx)
-            if not torch.isfinite(loss):
+            if not finite_step(optimizer, loss):
                 report.skipped_steps += 1
                 continue
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
             losses.append(float(loss.detach()))
         report.train_loss.append(sum(losses) / max(1, len(losses)))
         if evaluate is not None:

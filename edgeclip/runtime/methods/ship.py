@@ -41,7 +41,8 @@ from edgeclip.errors import ClassNameError, InputError
 from edgeclip.runtime.methods.base import FitReport, Trainable
 from edgeclip.runtime.methods.config import check_finite, check_positive_int
 from edgeclip.runtime.methods.coop import ContextHead, CoOpConfig, optim_settings, pool_labels_for
-from edgeclip.runtime.methods.prompt_training import train_context
+from edgeclip.runtime.methods.prompt_training import finite_step, train_context
+from edgeclip.runtime.methods.pseudolabel import harmonic_mean
 from edgeclip.runtime.model import EdgeClip
 from edgeclip.runtime.pool_sources import norm_name
 from edgeclip.runtime.prompt import PromptContext
@@ -174,7 +175,7 @@ def base_new_accuracy(logits: torch.Tensor, labels: torch.Tensor, base: Sequence
             out[key] = float((pred == labels[rows].cpu()).float().mean())
     b, n = out["base"], out["new"]
     if b is not None and n is not None:
-        out["H"] = 0.0 if b + n == 0 else 2 * b * n / (b + n)
+        out["H"] = harmonic_mean(b, n)
     return out
 
 
@@ -335,12 +336,9 @@ class SHIP(ContextHead, Trainable):
                 recon = F.normalize(self.tower(seq, eot).float(), dim=-1)
                 loss, _, _ = vae_loss(recon, xb, mu, log_var, cfg.kl_weight)
                 report.steps += 1
-                if not torch.isfinite(loss):
+                if not finite_step(optimizer, loss):
                     report.skipped_steps += 1
                     continue
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
                 losses.append(float(loss.detach()))
             report.train_loss.append(sum(losses) / max(1, len(losses)))
             bar.set_postfix(loss=f"{report.train_loss[-1]:.3f}")
