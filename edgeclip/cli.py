@@ -15,7 +15,16 @@ import sys
 from collections.abc import Iterable
 from typing import Any
 
-from edgeclip.cli_args import bit_depth, max_pixels, nonnegative_int, parse_setting, positive_int, template
+from edgeclip.cli_args import (
+    add_model_args,
+    bit_depth,
+    load_model,
+    max_pixels,
+    nonnegative_int,
+    parse_setting,
+    positive_int,
+    template,
+)
 from edgeclip.cli_args import emit as _emit
 from edgeclip.errors import EdgeClipError, ImageTooLargeError
 
@@ -125,7 +134,6 @@ def method_spec(args: argparse.Namespace) -> tuple[str, Any, dict[str, Any]]:
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
-    import edgeclip
     from edgeclip.classify import classify_files
     from edgeclip.runtime.classnames import parse_class_spec
     from edgeclip.runtime.images import iter_image_paths
@@ -136,7 +144,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     if not paths:
         raise EdgeClipError(f"no images found in {', '.join(args.images)}")
     names = parse_class_spec(args.classes) if args.classes is not None else None
-    model = edgeclip.load(args.bundle, backend=args.backend, threads=args.threads)
+    model = load_model(args)
     method = make_method(args, model, names)
     log.info("classifying %d images with %s on %s", len(paths), method.name, model.backend)
     results = classify_files(paths, method.predict, batch_size=args.batch_size, top_k=args.top_k,
@@ -233,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--template", type=template, default=None,
                    help="prompt template with exactly one {} where the class name goes (methods with a fixed prompt; "
                         "default 'a photo of a {}.')")
-    c.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime"])
+    add_model_args(c)
     c.add_argument("--threads", type=positive_int, help=threads_help)
     c.add_argument("--top-k", type=positive_int, default=3, help="classes listed per image (default 3)")
     c.add_argument("--batch-size", type=positive_int, default=32, help="images per encoder call (default 32)")
@@ -268,12 +276,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train_micro)
 
     from edgeclip.cli_bench import add_parser as add_bench_parser
+    from edgeclip.cli_engine import add_parser as add_engine_parser
     from edgeclip.cli_prototypes import add_parser as add_prototypes_parser
     from edgeclip.cli_run import add_parser as add_run_parser
     from edgeclip.cli_train import add_parser as add_train_parser
     from edgeclip.cli_variants import add_parser as add_variant_parsers
 
     add_variant_parsers(sub)
+    add_engine_parser(sub)
     add_run_parser(sub)
     add_prototypes_parser(sub)
     add_train_parser(sub)

@@ -10,9 +10,11 @@ from collections.abc import Callable
 from typing import Any
 
 __all__ = [
+    "add_model_args",
     "bit_depth",
     "emit",
     "is_embedded_bundle",
+    "load_model",
     "max_pixels",
     "nonnegative_int",
     "parse_frames",
@@ -124,3 +126,25 @@ def is_embedded_bundle(bundle: str | None) -> bool:
     from edgeclip import default_bundle
 
     return bundle is None or Path(bundle).expanduser().resolve() == Path(default_bundle()).resolve()
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    """``--backend``, ``--device`` and ``--engine-precision``: where a verb's model runs (see `load_model`)."""
+    from edgeclip.runtime.model import BACKENDS
+
+    parser.add_argument("--backend", default="auto", choices=list(BACKENDS),
+                        help="encoder backend (default auto: the fastest measured here; tensorrt: the bundle's "
+                             "engines from `edgeclip engine build`, CUDA only)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    parser.add_argument("--engine-precision", choices=["fp32", "fp16", "int8"], default=None,
+                        help="with --backend tensorrt: the engines built at this precision (default: the lowest "
+                             "built)")
+
+
+def load_model(args: argparse.Namespace) -> Any:
+    """`edgeclip.load` with a verb's ``--bundle``, ``--backend``, ``--device``, ``--engine-precision`` and
+    ``--threads``."""
+    import edgeclip
+
+    return edgeclip.load(args.bundle, backend=args.backend, device=getattr(args, "device", "cpu"),
+                         threads=args.threads, engine_precision=getattr(args, "engine_precision", None))

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgeclip.cli_args import positive_int
+from edgeclip.cli_args import add_model_args, load_model, positive_int
 from edgeclip.errors import EdgeClipError
 
 __all__ = ["EMBEDDED_DEFAULT_OUT", "add_parser", "cmd_prototypes_build", "default_out"]
@@ -50,7 +50,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     b.add_argument("--batch-size", type=positive_int, default=64, help="images per encoder call (default 64)")
     b.add_argument("--seed", type=int, default=PROTOTYPE_SEED,
                    help=f"base seed of a procedural proxy set (default {PROTOTYPE_SEED})")
-    b.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime"])
+    add_model_args(b)
     b.add_argument("--threads", type=positive_int, help="CPU threads for onnxruntime and PyTorch (default: their own)")
     b.add_argument("--overwrite", action="store_true", help="replace an existing prototypes file")
     b.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -70,7 +70,6 @@ def default_out(bundle: str | None) -> Path:
 
 def cmd_prototypes_build(args: argparse.Namespace) -> int:
     """Build, save and summarise prototypes (text, or JSON with ``--json``). Returns 0."""
-    import edgeclip
     from edgeclip.runtime.classnames import parse_class_spec
     from edgeclip.runtime.prototypes import build_prototypes
 
@@ -78,7 +77,7 @@ def cmd_prototypes_build(args: argparse.Namespace) -> int:
     if out.exists() and not args.overwrite:
         raise EdgeClipError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
     t0 = time.perf_counter()
-    model = edgeclip.load(args.bundle, backend=args.backend, threads=args.threads)
+    model = load_model(args)
     class_names = None if args.classes is None else parse_class_spec(args.classes)
     protos = build_prototypes(model, args.data, class_names=class_names,
                               batch_size=args.batch_size, progress=not args.json, seed=args.seed)

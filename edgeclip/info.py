@@ -1,5 +1,6 @@
-"""`edgeclip info`: what a bundle holds, its parity figures, what this machine can run, and which backend
-``backend="auto"`` picks for the bundle here (the cached calibration, or a fresh one on request)."""
+"""`edgeclip info`: what a bundle holds, its parity figures, its TensorRT engines and whether each is valid
+here, what this machine can run, and which backend ``backend="auto"`` picks for the bundle here (the cached
+calibration, or a fresh one on request)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 import torch
 
 from edgeclip.runtime.bundle import MANIFEST, open_bundle
+from edgeclip.runtime.engine_cache import list_engines
 from edgeclip.runtime.ort_session import PROVIDER_ORDER, available_providers
 
 __all__ = ["auto_choice", "bundle_info", "info_text", "machine_backends"]
@@ -82,6 +84,7 @@ def bundle_info(bundle: str | Path | None = None, verify: bool = True, *, calibr
         "created": spec.created,
         "extra": m.get("extra", {}),
         "heads": bundle_heads(b),
+        "engines": [r.to_dict() for r in list_engines(b, verify=verify)],
         "machine": machine_backends(),
         "backend_choice": auto_choice(b, device, threads, calibrate),
     }
@@ -163,6 +166,9 @@ def info_text(info: dict[str, Any]) -> str:
     for h in info.get("heads") or []:
         what = (f"{h['method']}, {h['classes']} classes" if h["fits"] else f"does not fit: {h['problem']}")
         lines.append(f"head          {h['file']} ({what})")
+    from edgeclip.cli_engine import engine_lines
+
+    lines += engine_lines(info.get("engines") or [])
     versions = info.get("tool_versions") or {}
     if versions:
         made = f"{info['created'][:10]} " if info.get("created") else ""

@@ -1,8 +1,9 @@
 """`backend="auto"`: pick the faster backend per encoder and batch size from a short measured calibration.
 
 For each encoder (image, text) every backend that can run here ("torch": the image side needs the bundle's
-``image_tower.safetensors``; "onnxruntime": the package, and a GPU provider on CUDA) is timed at a few batch
-sizes, the *buckets*:
+``image_tower.safetensors``; "onnxruntime": the package, and a GPU provider on CUDA; "tensorrt" on CUDA: a
+valid engine of that encoder built by `edgeclip engine build`, see `edgeclip.runtime.engine_cache`) is timed
+at a few batch sizes, the *buckets*:
 
 - image: `IMAGE_BUCKETS` = 1, 8, 64 images (one frame; a small batch; a TPT-size batch of views);
 - text: `TEXT_BUCKETS` = 1, 16, 128 prompts (one prompt; a small and a large class list) of `TEXT_TOKENS`
@@ -24,8 +25,8 @@ the load average is recorded with it, and `edgeclip info --calibrate` (or ``Edge
 times it again.
 
 A bucket's winner is the backend with the lowest median, except that the preferred backend (`PREFERENCE`:
-onnxruntime, the deployment path) keeps the bucket unless another is more than `TIE_MARGIN` faster: near-ties
-do not flip between runs or cost a second copy of the weights.
+tensorrt, then onnxruntime, the deployment paths) keeps the bucket unless another is more than `TIE_MARGIN`
+faster: near-ties do not flip between runs or cost a second copy of the weights.
 
 The result is cached as JSON under ``$EDGECLIP_CACHE/backends/`` (default ``~/.cache/edgeclip/backends/``),
 keyed by the machine (architecture, CPU model, instruction-set flags, device, GPU name on CUDA), the thread
@@ -93,7 +94,7 @@ SETTLE_BELOW_S = 0.02  # a call shorter than this is preceded by an untimed call
 CLEAR_RATIO = 2.0  # a backend this much slower in the warm-up and the timed calls: the bucket needs no more rounds
 MAX_ENCODER_S = 20.0  # a bucket that would take an encoder's calibration past this is not timed
 TIE_MARGIN = 0.05  # another backend must be this much faster than the preferred one to win a bucket
-PREFERENCE = ("onnxruntime", "torch")
+PREFERENCE = ("tensorrt", "onnxruntime", "torch")
 
 _LOCK = threading.Lock()  # one calibration at a time in this process (they would time each other)
 
@@ -121,6 +122,11 @@ def candidate_backends(bundle: B.Bundle, device: str) -> dict[str, list[str]]:
     ort = bool(providers & {TRT_EP, CUDA_EP}) if gpu else CPU_EP in providers
     image = (["onnxruntime"] if ort else []) + (["torch"] if bundle.has(B.IMAGE_TOWER) else [])
     text = (["onnxruntime"] if ort else []) + ["torch"]
+    if gpu:
+        from edgeclip.runtime.engine_cache import has_valid_engines
+
+        image = (["tensorrt"] if has_valid_engines(bundle, "image") else []) + image
+        text = (["tensorrt"] if has_valid_engines(bundle, "text") else []) + text
     return {"image": image, "text": text}
 
 

@@ -25,15 +25,23 @@ from edgeclip.runtime.encoders import (
     TorchImageEncoder,
     TorchTextEncoder,
 )
+from edgeclip.runtime.engine_cache import (
+    ORT_TRT_MAX_BATCH,
+    ort_trt_cache_dir,
+    ort_trt_profile_options,
+    pick_engine,
+    profile_for,
+)
+from edgeclip.runtime.engine_cache import PRECISIONS as ENGINE_PRECISIONS
 from edgeclip.runtime.images import preprocess
-from edgeclip.runtime.ort_session import available_providers, make_session
+from edgeclip.runtime.ort_session import TRT_EP, available_providers, make_session
 from edgeclip.runtime.prompt import PromptContext
 from edgeclip.runtime.text_tower import TextTower, load_float_state
 from edgeclip.runtime.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "torch", "onnxruntime")
+BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
 DEFAULT_TEMPLATE = "a photo of a {}."
 
 
@@ -51,6 +59,10 @@ def resolve_backend(backend: str) -> str:
     if backend == "onnxruntime" and not available_providers():
         raise BackendError("backend 'onnxruntime' asked for but onnxruntime is not installed: "
                            "pip install 'edgeclip[cpu]' (or 'edgeclip[gpu]')")
+    if backend == "tensorrt":
+        from edgeclip.runtime.trt_runner import import_tensorrt
+
+        import_tensorrt()
     return backend
 
 
@@ -64,10 +76,17 @@ class EdgeClip:
     backends. ``backend`` then reads "torch", "onnxruntime" or e.g. "auto(image=onnxruntime, text=torch)", and
     ``backend_choice`` holds the calibration (None for an explicit backend). Once built, the object holds no
     per-call state of its own, so threads may share it.
+
+    "tensorrt" (CUDA only) runs the engines `edgeclip engine build` left in the bundle's engine cache
+    (`edgeclip.runtime.engine_cache`): the valid one of each encoder built at ``engine_precision`` ("fp32",
+    "fp16", "int8"; None: the lowest precision built, as each passed its parity gate). "auto" on CUDA
+    includes it whenever such engines exist. ``cuda_graph_batch``: replay a CUDA graph for image batches of
+    exactly that size (`edgeclip.runtime.trt_runner`).
     """
 
     def __init__(self, bundle: B.Bundle, backend: str = "auto", device: str = "cpu",
-                 threads: int | None = None, *, recalibrate: bool = False) -> None:
+                 threads: int | None = None, *, recalibrate: bool = False, engine_precision: str | None = None,
+                 cuda_graph_batch: int | None = None) -> None:
         """`threads` limits both onnxruntime's sessions and PyTorch (`torch.set_num_threads`, which is
         process-wide: it applies to every model and all other PyTorch work in this process). None leaves
         both at their defaults. `recalibrate` (with backend "auto"): time the backends again even when a
@@ -79,6 +98,11 @@ class EdgeClip:
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise BackendError(f"device {device!r} asked for but CUDA is not available; use device='cpu'")
         self.backend = resolve_backend(backend)
+        if engine_precision is not None and engine_precision not in ENGINE_PRECISIONS:
+            raise InputError(f"engine_precision must be one of {', '.join(ENGINE_PRECISIONS)} (or None), got "
+                             f"{engine_precision!r}")
+        self.engine_precision = engine_precision
+        self.cuda_graph_batch = cuda_graph_batch
         self.backend_choice: BackendChoice | None = None
         self.threads = threads
         if threads is not None:
@@ -96,8 +120,24 @@ class EdgeClip:
 
     # -- construction ---------------------------------------------------------------------------
     def _session(self, name: str) -> Any:
-        return make_session(self.bundle.file(name), str(self.device), self.threads,
-                            engine_cache=self.bundle.path / "engines" / "ort_trt")
+        profile, cache = None, None
+        if self.device.type == "cuda" and TRT_EP in available_providers():
+            encoder = "image" if name == B.IMAGE_ONNX else "text"
+            profile = ort_trt_profile_options(profile_for(self.bundle, encoder, ORT_TRT_MAX_BATCH[encoder]))
+            cache = ort_trt_cache_dir(self.bundle)
+        return make_session(self.bundle.file(name), str(self.device), self.threads, engine_cache=cache,
+                            trt_profile=profile)
+
+    def _trt_runner(self, encoder: str, cuda_graph_batch: int | None = None) -> Any:
+        """The runner of this bundle's engine for ``encoder`` (see `engine_records`)."""
+        from edgeclip.runtime.trt_runner import TrtRunner
+
+        if self.device.type != "cuda":
+            raise BackendError("backend 'tensorrt' runs on an NVIDIA GPU: use device='cuda'")
+        rec = pick_engine(self.bundle, encoder, self.engine_precision)
+        log.info("%s encoder: TensorRT engine %s (%s, max batch %d)", encoder, rec.path.name, rec.key.precision,
+                 rec.key.max_batch)
+        return TrtRunner(rec.path.read_bytes(), str(self.device), cuda_graph_batch=cuda_graph_batch)
 
     def _make_image_encoder(self, backend: str) -> ImageEncoder:
         size = self.preprocess_cfg.image_size
@@ -105,6 +145,10 @@ class EdgeClip:
             session = self._session(B.IMAGE_ONNX)
             B.check_image_input(self.bundle, session.get_inputs()[0].shape)
             return OrtImageEncoder(session, size, self.bundle.embed_dim, str(self.device))
+        if backend == "tensorrt":
+            from edgeclip.runtime.trt_runner import TrtImageEncoder
+
+            return TrtImageEncoder(self._trt_runner("image", self.cuda_graph_batch), size)
         return TorchImageEncoder(self._build_visual(), size, str(self.device))
 
     def _make_text_encoder(self, backend: str) -> TextEncoder:
@@ -112,6 +156,11 @@ class EdgeClip:
         if backend == "onnxruntime":
             return OrtTextEncoder(self._session(B.TEXT_ONNX), t.width, t.context_length,
                                   self.bundle.embed_dim, t.causal, str(self.device))
+        if backend == "tensorrt":
+            from edgeclip.runtime.trt_runner import TrtTextEncoder
+
+            return TrtTextEncoder(self._trt_runner("text"), t.width, t.context_length, self.bundle.embed_dim,
+                                  t.causal)
         return TorchTextEncoder(self.text_tower, self.bundle.embed_dim, str(self.device))
 
     def _make_encoder(self, encoder: str, backend: str) -> ImageEncoder | TextEncoder:
@@ -202,14 +251,15 @@ class EdgeClip:
 
 
 def load(bundle: str | Path | B.Bundle | None = None, backend: str = "auto", device: str = "cpu",
-         threads: int | None = None, verify: bool = True) -> EdgeClip:
+         threads: int | None = None, verify: bool = True, **options: Any) -> EdgeClip:
     """Load a bundle directory (default: the embedded micro CLIP, which knows 16 coloured shapes), validating its
     manifest and verifying its hashes unless `verify=False`, on a backend ("auto": the fastest measured per
-    encoder and batch size, see `EdgeClip`; "torch"; "onnxruntime") and device. `threads` limits onnxruntime
-    and PyTorch (process-wide; see `EdgeClip`)."""
+    encoder and batch size, see `EdgeClip`; "torch"; "onnxruntime"; "tensorrt": the bundle's TensorRT engines,
+    CUDA only) and device. `threads` limits onnxruntime and PyTorch (process-wide; see `EdgeClip`). ``options``
+    go to `EdgeClip` (``recalibrate``, ``engine_precision``, ``cuda_graph_batch``)."""
     if bundle is None:
         from edgeclip.assets import default_bundle_path
 
         bundle = default_bundle_path()
     b = bundle if isinstance(bundle, B.Bundle) else B.open_bundle(bundle, verify=verify)
-    return EdgeClip(b, backend=backend, device=device, threads=threads)
+    return EdgeClip(b, backend=backend, device=device, threads=threads, **options)

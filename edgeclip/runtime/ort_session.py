@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +36,11 @@ def available_providers() -> list[str]:
     return list(ort.get_available_providers())
 
 
-def choose_providers(device: str, engine_cache: Path | None = None) -> list[Any]:
-    """Providers for `device` in edgeclip's order, with options; CPU is always last."""
+def choose_providers(device: str, engine_cache: Path | None = None,
+                     trt_profile: Mapping[str, str] | None = None) -> list[Any]:
+    """Providers for `device` in edgeclip's order, with options; CPU is always last. ``trt_profile``: the
+    TensorRT EP's explicit profile shapes (`engine_cache.ort_trt_profile_options`), so one engine covers every
+    batch up to the profile's maximum instead of one engine per new shape."""
     present = set(available_providers())
     if not present:
         raise BackendError("onnxruntime is not installed")
@@ -49,6 +53,8 @@ def choose_providers(device: str, engine_cache: Path | None = None) -> list[Any]
                 engine_cache.mkdir(parents=True, exist_ok=True)
                 opts.update(trt_engine_cache_enable=True, trt_engine_cache_path=str(engine_cache),
                             trt_timing_cache_enable=True, trt_timing_cache_path=str(engine_cache))
+            if trt_profile:
+                opts.update(trt_profile)
             chosen.append((TRT_EP, opts))
         if CUDA_EP in present:
             chosen.append((CUDA_EP, {"device_id": dev_id}))
@@ -62,8 +68,9 @@ def choose_providers(device: str, engine_cache: Path | None = None) -> list[Any]
 
 
 def make_session(path: Path, device: str = "cpu", threads: int | None = None,
-                 engine_cache: Path | None = None) -> Any:
-    """An InferenceSession for one graph; errors name the file."""
+                 engine_cache: Path | None = None, trt_profile: Mapping[str, str] | None = None) -> Any:
+    """An InferenceSession for one graph; errors name the file. ``engine_cache`` and ``trt_profile`` are the
+    TensorRT EP's (see `choose_providers`)."""
     ort = import_ort()
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
@@ -73,7 +80,7 @@ def make_session(path: Path, device: str = "cpu", threads: int | None = None,
             raise BackendError(f"threads must be >= 1, got {threads}")
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
-    providers = choose_providers(device, engine_cache)
+    providers = choose_providers(device, engine_cache, trt_profile)
     try:
         sess = ort.InferenceSession(str(path), opts, providers=providers)
     except Exception as exc:  # onnxruntime raises its own exception types
