@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The CUDA checks of edgeclip in one call, sized to finish inside 8 minutes on one NVIDIA H200:
 #   1. nvidia-smi and the versions of Python, torch, Triton, torchvision, onnxruntime and open_clip;
-#   2. the `gpu`-marked tests (python -m pytest -q -m gpu);
+#   2. the `gpu`-marked tests (python -m pytest -q -m gpu): CUDA backends, the Triton kernels' parity, the FP16
+#      ONNX graph against torch half precision on CUDA, and the real TensorRT engine test where TensorRT exists
+#      (it does not on the lent H200: onnxruntime-gpu and TensorRT are absent, so that test skips);
 #   3. the Triton kernels against torch and the TPT-style peers (edgeclip bench kernels --device cuda);
 #   4. TPT at C = 1000 on a random-weight ViT-B-16 against the reference TPT loop
 #      (edgeclip bench tta --part speed --device cuda --backend torch: onnxruntime there has no CUDA provider).

@@ -170,3 +170,18 @@ def test_failures_leave_nothing_half_written(tmp_path: Path, monkeypatch: pytest
     with pytest.raises(OSError, match="disk full"):
         convert_bundle_fp16(MICRO_BUNDLE, tmp_path / "late.bundle")
     _no_leftovers(tmp_path, "late.bundle")
+
+
+@pytest.mark.gpu
+def test_fp16_graph_agrees_with_torch_half_on_cuda(fp16_bundle) -> None:
+    """The FP16 ONNX (onnxruntime CPU; no GPU onnxruntime or TensorRT is needed) against the FP32 bundle's
+    PyTorch image tower run in half precision on CUDA: the torch-side parity of the GPU deployment graph."""
+    from edgeclip.export.variant import image_parity_pixels, ort_session, pixel_feeds, run_graph
+
+    fp32 = edgeclip.load(MICRO_BUNDLE, backend="torch", device="cuda")
+    pixels = image_parity_pixels(open_bundle(MICRO_BUNDLE))
+    onnx_fp16 = run_graph(ort_session(fp16_bundle.path / IMAGE_ONNX), pixel_feeds(pixels))
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16):
+        torch_half = fp32.image_encoder(torch.from_numpy(pixels).cuda()).float().cpu().numpy()
+    mean, low = cosine_stats(torch_half, onnx_fp16)
+    assert low >= 0.999, (mean, low)

@@ -344,3 +344,19 @@ def test_real_tensorrt_fp16_engine_of_the_micro_bundle(bundle_copy: B.Bundle) ->
     for _ in range(2):  # the second call replays the CUDA graph
         cos = torch.nn.functional.cosine_similarity(model.image_encoder(pixels), ref.image_encoder(pixels))
         assert float(cos.min()) >= MIN_COS["fp16"]
+
+
+def test_int8_builds_the_qdq_image_graph_and_keeps_the_text_engine_fp32(tmp_path: Path, fake: object) -> None:
+    from edgeclip.export.quantize import quantize_bundle
+
+    res = quantize_bundle(edgeclip.default_bundle(), tmp_path / "micro-int8", calib="shapes:16", method="minmax")
+    int8 = B.open_bundle(res.path)
+    assert EC.graph_precision(int8, "image") == "int8" and EC.graph_precision(int8, "text") == "fp32"
+    built = _build(int8, fake, "int8")
+    assert [(e["encoder"], e["precision"]) for e in built.engines] == [("image", "int8"), ("text", "fp32")]
+    parsed = [c[1] for c in fake.CALLS if c[0] == "parse_from_file"]
+    assert parsed == [str(int8.file(B.IMAGE_ONNX)), str(int8.file(B.TEXT_ONNX))]  # the variant's own graphs
+    assert built.engines[0]["parity"]["required"] == MIN_COS["int8"]
+    assert EC.pick_engine(int8, "image", here=HERE).key.build == "int8"
+    with pytest.raises(InputError, match="int8 image graph; it cannot be built at fp16"):
+        _build(int8, fake, "fp16")
