@@ -86,8 +86,9 @@ class NativeKernel:
 
 
 def _cache_dir() -> Path:
-    root = os.environ.get("EDGECLIP_CACHE")
-    return Path(root) if root else Path.home() / ".cache" / "edgeclip"
+    from edgeclip.cache_paths import cache_root
+
+    return cache_root()
 
 
 def _compiler() -> str | None:

@@ -57,6 +57,7 @@ from typing import Any
 
 import torch
 
+from edgeclip.cache_paths import cache_root
 from edgeclip.errors import BackendError, EdgeClipError
 from edgeclip.runtime import bundle as B
 from edgeclip.runtime.encoders import nearest_bucket
@@ -103,12 +104,6 @@ Build = Callable[[str, str], Any]  # (encoder, backend) -> encoder object
 
 
 # -- where ----------------------------------------------------------------------------------------------------
-def cache_root() -> Path:
-    """``$EDGECLIP_CACHE``, or ``~/.cache/edgeclip``: the root of edgeclip's caches."""
-    root = os.environ.get("EDGECLIP_CACHE")
-    return Path(root).expanduser() if root else Path.home() / ".cache" / "edgeclip"
-
-
 def cache_dir() -> Path:
     """``$EDGECLIP_CACHE/backends`` (default ``~/.cache/edgeclip/backends``)."""
     return cache_root() / "backends"

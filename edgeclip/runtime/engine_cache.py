@@ -282,7 +282,7 @@ def read_record(bundle: B.Bundle, sidecar: Path, here: HostIdentity, verify: boo
 
 # -- where ----------------------------------------------------------------------------------------------------
 def _user_dir(bundle: B.Bundle) -> Path:
-    from edgeclip.runtime.backend_choice import cache_root
+    from edgeclip.cache_paths import cache_root
 
     return cache_root() / ENGINES_DIR / bundle.identity()["manifest_sha256"][:16]
 

@@ -49,8 +49,9 @@ FORMAT_VERSION = 1
 
 def default_cache_dir() -> Path:
     """``$EDGECLIP_CACHE/pools``, or ``~/.cache/edgeclip/pools``."""
-    root = os.environ.get("EDGECLIP_CACHE")
-    return (Path(root) if root else Path.home() / ".cache" / "edgeclip") / "pools"
+    from edgeclip.cache_paths import cache_root
+
+    return cache_root() / "pools"
 
 
 @dataclass(frozen=True)
