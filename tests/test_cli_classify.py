@@ -170,3 +170,18 @@ def test_version(capsys) -> None:
     with pytest.raises(SystemExit) as info:
         main(["--version"])
     assert info.value.code == 0 and capsys.readouterr().out.strip() == f"edgeclip {edgeclip.__version__}"
+
+
+def test_device_and_backend_the_machine_lacks_are_one_line_errors(tiny_bundle: Path, tmp_path: Path,
+                                                                  capsys) -> None:
+    import importlib.util
+
+    folder = _folder(tmp_path / "imgs", n=1)
+    if not torch.cuda.is_available():
+        assert main(_classify(tiny_bundle, str(folder), "--device", "cuda", "--backend", "torch")) == 2
+        assert "CUDA is not available" in capsys.readouterr().err
+    if importlib.util.find_spec("tensorrt") is None:
+        assert main(_classify(tiny_bundle, str(folder), "--backend", "tensorrt")) == 2
+        assert "TensorRT is not installed" in capsys.readouterr().err
+    assert main(_classify(tiny_bundle, str(folder), "--device", "cpu", "--backend", "onnxruntime", "--json")) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[0])["label"] in ("cat", "dog")
