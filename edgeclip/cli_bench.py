@@ -23,15 +23,17 @@ __all__ = ["add_parser"]
 def cmd_bench_encoders(args: argparse.Namespace) -> int:
     from edgeclip.bench import bench_encoders, bench_encoders_for_model, write_report
 
-    common: dict[str, Any] = {"batches": tuple(args.batch), "threads": args.threads, "progress": not args.json}
+    common: dict[str, Any] = {"batches": tuple(args.batch), "threads": args.threads, "progress": not args.json,
+                              "precision": args.precision}
     if args.repeats is not None:
         common["repeats"] = args.repeats
+    suffix = "" if args.precision == ["fp32"] else "-" + "-".join(args.precision)
     if args.model:
         results = bench_encoders_for_model(args.model, Path(args.cache), **common)
-        name = f"encoders-{args.model}"
+        name = f"encoders-{args.model}{suffix}"
     else:
-        results = bench_encoders(args.bundle or "micro", **common)
-        name = "encoders-" + (Path(args.bundle).name if args.bundle else "micro")
+        results = bench_encoders(args.bundle or "micro", cache_dir=Path(args.cache), **common)
+        name = "encoders-" + (Path(args.bundle).name if args.bundle else "micro") + suffix
     paths = write_report(results, Path(args.out), name)
     text = paths["md"].read_text() + "\nwrote " + ", ".join(str(p) for p in paths.values())
     _emit(args, results, text)
@@ -132,6 +134,29 @@ def cmd_bench_zero_shot(args: argparse.Namespace) -> int:
     text = paths["md"].read_text() + "\nwrote " + ", ".join(str(p) for p in paths.values())
     _emit(args, results, text)
     return 0
+
+
+def cmd_bench_report(args: argparse.Namespace) -> int:
+    from edgeclip.bench.suite_report import run_suite_report
+
+    summary = run_suite_report(Path(args.out), quick=args.quick, device=args.device, threads=args.threads,
+                               progress=not args.json, benches=args.only, cache_dir=Path(args.cache))
+    lines = [f"{b['name']}: {b['status']}" + ("" if b["status"] == "ok" else f": {b.get('reason') or b.get('error')}")
+             + (f" ({b['seconds']:.1f} s)" if b["seconds"] is not None else "") for b in summary["benches"]]
+    lines.append(f"wrote {summary['files']['md']} and {summary['files']['json']} in {summary['seconds']:.0f} s")
+    _emit(args, summary, "\n".join(lines))
+    return 0 if summary["ok"] else 1
+
+
+def _precision_arg(text: str) -> list[str]:
+    """``--precision``: a comma list of fp32, int8, fp16 (`edgeclip.bench.encoders.parse_precisions`)."""
+    from edgeclip.bench.encoders import parse_precisions
+    from edgeclip.errors import InputError
+
+    try:
+        return parse_precisions(text)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _views_arg(text: str) -> list[int]:
@@ -237,7 +262,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     src = be.add_mutually_exclusive_group()
     src.add_argument("--bundle", help="bundle directory (default: the embedded micro CLIP)")
     src.add_argument("--model", help="open_clip name: export a random-weight bundle once and bench it")
-    be.add_argument("--cache", default="bench-results/bundles", help="where --model bundles are kept")
+    be.add_argument("--cache", default="bench-results/bundles", help="where --model bundles and the INT8 / FP16 "
+                    "variants are kept")
+    be.add_argument("--precision", type=_precision_arg, default=["fp32"],
+                    help="precisions side by side, e.g. fp32,int8 or fp32,int8,fp16 (default fp32); int8 and fp16 "
+                    "are variants timed through onnxruntime (fp32 is always timed, as the reference)")
     be.add_argument("--batch", type=_parse_ints, default=[1, 8, 64], help="batch sizes, e.g. 1,8,64")
     be.add_argument("--repeats", type=int, default=None, help="timed runs per case")
     be.add_argument("--threads", type=int, default=None, help="CPU threads (torch and onnxruntime)")
@@ -386,6 +415,24 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     bs.add_argument("--out", default="bench-results", help="folder for the JSON and Markdown reports")
     bs.add_argument("--json", action="store_true")
     bs.set_defaults(func=cmd_bench_session)
+    from edgeclip.bench.suite_report import BENCHES as REPORT_BENCHES
+
+    bp = bsub.add_parser("report", help="every bench this machine supports into one Markdown report with PNG plots "
+                         "(latency per backend and precision, accuracy against latency, memory against classes), "
+                         "beside each bench's JSON; a bench that cannot run is listed as skipped; exit status 1 when "
+                         "one failed")
+    bp.add_argument("--out", required=True, help="folder for report.md, report.json, the plots and every bench's "
+                    "JSON and Markdown")
+    bp.add_argument("--quick", action="store_true", help="CI-sized settings (micro bundle, few repeats; ~1-2 min)")
+    bp.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto",
+                    help="auto (default): the CUDA benches too when a CUDA device is present; cpu: CPU benches only")
+    bp.add_argument("--threads", type=positive_int, default=None, help="torch and onnxruntime threads")
+    bp.add_argument("--only", action="append", choices=REPORT_BENCHES, default=None,
+                    help="run only this bench (repeatable); the others are listed as not selected")
+    bp.add_argument("--cache", default="bench-results/bundles", help="where random-weight bundles and the INT8 / "
+                    "FP16 variants are kept")
+    bp.add_argument("--json", action="store_true")
+    bp.set_defaults(func=cmd_bench_report)
     for verb, module, text in _MODULE_VERBS:
         bm = bsub.add_parser(verb, help=text)
         importlib.import_module(f"edgeclip.bench.{module}").add_arguments(bm)

@@ -20,6 +20,14 @@ Auto: every row carries ``auto_pick``, the backend ``edgeclip.load(..., backend=
 batch on (its cached calibration, or one made now: `edgeclip.runtime.backend_choice`), so the pick stands next
 to this run's own medians; a note counts the cases where it is this run's faster backend. ``"auto"`` given as
 a backend is also timed as a row of its own (the dispatching encoder as users get it).
+
+Precision (``precision=("fp32", "int8")``, CLI ``--precision fp32,int8``): besides the FP32 rows of every backend,
+each other precision is a variant bundle timed through ONNX Runtime (the provider edgeclip picks on `device`; a
+variant has no PyTorch tower) in the same round-robin, on the same inputs. INT8 is `precision.int8_variant` (the
+`edgeclip bench precision` one, kept in `cache_dir`; its text encoder stays FP32 by design), FP16 is
+`edgeclip.export.fp16.convert_bundle_fp16` (kept in `cache_dir` too; on the CPU it is timed for completeness, not
+as a deployment path). Their rows carry ``vs_fp32`` (FP32 ONNX Runtime time on the same provider / this row's, with
+its spread over the paired rounds, `ratio_with_spread`).
 """
 
 from __future__ import annotations
@@ -46,7 +54,7 @@ from edgeclip.bench.common import (
 )
 from edgeclip.bench.report import add_busy_note, cpu_snapshot, machine_info, other_cpu_load
 from edgeclip.bench.timing import RATIO_NOTE, TimingStats, is_cuda, measure, measure_interleaved, ratio_with_spread
-from edgeclip.errors import BackendError, EdgeClipError
+from edgeclip.errors import BackendError, EdgeClipError, InputError
 from edgeclip.runtime import bundle as B
 from edgeclip.runtime.backend_choice import TIE_MARGIN
 from edgeclip.runtime.model import EdgeClip
@@ -68,15 +76,22 @@ __all__ = [
     "class_names",
     "default_backends",
     "parse_backend",
+    "parse_precisions",
     "prompts",
 ]
 
 DEFAULT_TIME_BUDGET_S = 10.0
+DEFAULT_CACHE = "bench-results/bundles"
 MIN_REPEATS = 5
 # the Markdown table's columns; the JSON rows carry more (device, min, samples, ...)
 COLUMNS = ["encoder", "backend", "provider", "batch", "tokens", "n", "median_ms", "p90_ms", "per_item_ms",
            "speedup", "speedup_lo", "speedup_hi", "auto_pick", "other_load"]
 AUTO = "auto"
+TENSORRT = "tensorrt"
+FP32 = "fp32"
+PRECISIONS = (FP32, "int8", "fp16")
+#: columns added to the Markdown table when a precision other than fp32 is timed
+PRECISION_COLUMNS = ["precision", "items_per_s", "vs_fp32", "vs_fp32_lo", "vs_fp32_hi"]
 
 
 # -- backends -----------------------------------------------------------------------------------
@@ -85,13 +100,36 @@ class BackendSpec:
     """One backend to time: `torch`, `onnxruntime` with exactly one execution provider, or `auto` (what
     ``backend="auto"`` builds)."""
 
-    backend: str  # "torch" | "onnxruntime" | "auto"
+    backend: str  # "torch" | "onnxruntime" | "auto" | "tensorrt" (the bundle's engines, CUDA only)
     provider: str | None  # ORT execution provider; None for torch and auto
     device: str  # where inputs live and the encoders run
+    precision: str = FP32  # "fp32", or a variant bundle's precision (onnxruntime only)
 
     @property
     def label(self) -> str:
-        return self.backend if self.provider is None else f"{self.backend}:{self.provider}"
+        base = self.backend if self.provider is None else f"{self.backend}:{self.provider}"
+        return base if self.precision == FP32 else f"{base}@{self.precision}"
+
+
+def parse_precisions(spec: str | Sequence[str]) -> list[str]:
+    """Precisions to time, from a comma list (``"fp32,int8"``) or a sequence: each of `PRECISIONS`, repeats
+    dropped, fp32 always first (it is the reference of ``vs_fp32``; added when missing).
+
+    Raises:
+        InputError: an unknown or empty name, or nothing given.
+    """
+    names = spec.split(",") if isinstance(spec, str) else list(spec)
+    out: list[str] = []
+    for raw in names:
+        name = str(raw).strip().lower()
+        if name not in PRECISIONS:
+            raise InputError(f"unknown precision {str(raw).strip()!r}; use a comma list of {', '.join(PRECISIONS)} "
+                             "(e.g. fp32,int8)")
+        if name not in out:
+            out.append(name)
+    if not out:
+        raise InputError(f"no precision given; use a comma list of {', '.join(PRECISIONS)}")
+    return [FP32, *[p for p in out if p != FP32]]
 
 
 
@@ -102,12 +140,18 @@ def parse_backend(spec: str, device: str = "cpu") -> BackendSpec:
     The CPU execution provider always runs on the host; any other provider needs a CUDA `device`.
     """
     name, _, provider = spec.partition(":")
+    if name == TENSORRT:
+        if provider:
+            raise ValueError(f"backend {spec!r}: tensorrt takes no provider; use 'tensorrt'")
+        if not is_cuda(device):
+            raise ValueError(f"backend {spec!r} runs on the GPU: pass device='cuda' (got device={device!r})")
+        return BackendSpec(TENSORRT, None, device)
     if name in ("torch", AUTO):
         if provider:
             raise ValueError(f"backend {spec!r}: {name} takes no provider; use {name!r}")
         return BackendSpec(name, None, device)
     if name != "onnxruntime":
-        raise ValueError(f"unknown backend {spec!r}; use 'torch', 'auto', 'onnxruntime' or "
+        raise ValueError(f"unknown backend {spec!r}; use 'torch', 'auto', 'tensorrt', 'onnxruntime' or "
                          "'onnxruntime:<provider>'")
     present = available_providers()
     if not present:
@@ -125,13 +169,19 @@ def parse_backend(spec: str, device: str = "cpu") -> BackendSpec:
     return BackendSpec("onnxruntime", provider, device)
 
 
-def default_backends(device: str = "cpu") -> list[str]:
-    """`torch` plus `onnxruntime:<EP>` for every compute provider present that can run on `device`.
+def default_backends(device: str = "cpu", bundle: B.Bundle | None = None) -> list[str]:
+    """`torch` plus `onnxruntime:<EP>` for every compute provider present that can run on `device`, and on CUDA
+    `tensorrt` when ``bundle`` has valid TensorRT engines here (`edgeclip engine build`).
 
     Providers edgeclip does not place (e.g. AzureExecutionProvider) are left out, and so are GPU
     providers when `device` is the CPU; both are named in the log.
     """
     out = ["torch"]
+    if bundle is not None and is_cuda(device):
+        from edgeclip.runtime.engine_cache import has_valid_engines
+
+        if has_valid_engines(bundle, "image") and has_valid_engines(bundle, "text"):
+            out.append(TENSORRT)
     for p in available_providers():
         if p not in PROVIDER_ORDER:
             log.info("skipping onnxruntime provider %s (not a compute provider edgeclip places)", p)
@@ -175,7 +225,7 @@ class _ProviderEdgeClip(EdgeClip):
 
 def _load(bundle: B.Bundle, spec: BackendSpec, threads: int | None) -> EdgeClip:
     """The model for one backend, through `edgeclip.load` whenever that picks the wanted provider."""
-    if spec.backend in ("torch", AUTO):
+    if spec.backend in ("torch", AUTO, TENSORRT):
         return edgeclip.load(bundle, backend=spec.backend, device=spec.device, threads=threads)
     if _provider_name(choose_providers(spec.device)[0]) == spec.provider:
         return edgeclip.load(bundle, backend="onnxruntime", device=spec.device, threads=threads)
@@ -212,7 +262,8 @@ _torch_threads = torch_threads  # the name `edgeclip.bench.kernels` imports; `co
 def _row(encoder: str, spec: BackendSpec, batch: int, tokens: int | None,
          stats: TimingStats | None, error: str | None = None) -> dict[str, Any]:
     return {
-        "encoder": encoder, "backend": spec.backend, "provider": spec.provider, "device": spec.device,
+        "encoder": encoder, "backend": spec.backend, "provider": spec.provider, "precision": spec.precision,
+        "device": spec.device,
         "batch": batch, "requested_batch": batch, "tokens": tokens,
         "n": stats.n if stats else 0,
         "median_ms": stats.median_ms if stats else None,
@@ -222,6 +273,7 @@ def _row(encoder: str, spec: BackendSpec, batch: int, tokens: int | None,
         "per_item_ms": stats.median_ms / batch if stats else None,
         "items_per_s": 1e3 * batch / stats.median_ms if stats else None,
         "speedup": None, "speedup_p90": None, "speedup_lo": None, "speedup_hi": None, "speedup_of_medians": None,
+        "vs_fp32": None, "vs_fp32_lo": None, "vs_fp32_hi": None,
         "auto_pick": None, "other_load": None, "oom_retry": None, "error": error,
         "samples_ms": list(stats.samples_ms) if stats else [],
     }
@@ -280,23 +332,31 @@ def _time_case(case: _Case, specs: dict[str, BackendSpec], *, warmup: int, repea
 
 def _add_speedups(rows: list[dict[str, Any]], stats: dict[tuple[str, int], dict[str, TimingStats]],
                   paired: dict[tuple[str, int], bool]) -> None:
-    """Fill `speedup*` on ORT rows: PyTorch eager time / this row's (`ratio_with_spread`), same encoder and batch."""
+    """Fill `speedup*` on ORT rows: PyTorch eager time / this row's (`ratio_with_spread`), same encoder and batch;
+    and `vs_fp32*` on the rows of another precision: the FP32 time of the same backend and provider / this row's."""
     for r in rows:
         if r["backend"] == "torch" or r["median_ms"] is None:
             continue
         key = (r["encoder"], r["requested_batch"])
-        ref = stats.get(key, {}).get("torch")
         mine = stats.get(key, {}).get(_label(r))
-        if ref is None or mine is None:
+        if mine is None:
             continue
-        ratio = ratio_with_spread(mine, ref, paired=paired[key])
-        r.update(speedup=ratio["ratio"], speedup_p90=ratio["ratio_p90"], speedup_lo=ratio["ratio_lo"],
-                 speedup_hi=ratio["ratio_hi"], speedup_of_medians=ratio["ratio_of_medians"])
+        ref = stats.get(key, {}).get("torch")
+        if ref is not None:
+            ratio = ratio_with_spread(mine, ref, paired=paired[key])
+            r.update(speedup=ratio["ratio"], speedup_p90=ratio["ratio_p90"], speedup_lo=ratio["ratio_lo"],
+                     speedup_hi=ratio["ratio_hi"], speedup_of_medians=ratio["ratio_of_medians"])
+        ref32 = stats.get(key, {}).get(_label({**r, "precision": FP32}))
+        if r.get("precision", FP32) != FP32 and ref32 is not None:
+            ratio = ratio_with_spread(mine, ref32, paired=paired[key])
+            r.update(vs_fp32=ratio["ratio"], vs_fp32_lo=ratio["ratio_lo"], vs_fp32_hi=ratio["ratio_hi"])
 
 
 def _label(row: dict[str, Any]) -> str:
-    """The backend label of a row: "torch", "auto" or "onnxruntime:<provider>"."""
-    return row["backend"] if row["provider"] is None else f"{row['backend']}:{row['provider']}"
+    """The backend label of a row: "torch", "auto" or "onnxruntime:<provider>", with "@<precision>" unless fp32."""
+    base = row["backend"] if row["provider"] is None else f"{row['backend']}:{row['provider']}"
+    precision = row.get("precision", FP32)
+    return base if precision == FP32 else f"{base}@{precision}"
 
 
 def _auto_choice(bnd: B.Bundle, device: str, threads: int | None) -> Any:
@@ -372,8 +432,11 @@ def bench_encoders(
     interleave: bool = True,
     progress: bool = False,
     auto: bool = True,
+    precision: str | Sequence[str] = (FP32,),
+    cache_dir: str | Path = DEFAULT_CACHE,
+    int8_calib: str = "shapes:256",
 ) -> dict[str, Any]:
-    """Time the image and text encoders of `bundle` on each backend and batch size.
+    """Time the image and text encoders of `bundle` on each backend, precision and batch size.
 
     All backends are loaded together and each case (encoder, batch) times them round-robin (see
     `measure_interleaved`), so PyTorch and ONNX Runtime share whatever else the machine is doing and
@@ -382,9 +445,9 @@ def bench_encoders(
     Args:
         bundle: a bundle directory, an opened `Bundle`, or "micro" (the embedded default bundle).
         batches: image batch sizes.
-        backends: "torch", "onnxruntime", "onnxruntime:<provider>" or "auto" (timed as users get it);
-            None: `default_backends(device)`, i.e. PyTorch eager plus every ONNX Runtime compute provider that
-            runs on `device`.
+        backends: "torch", "onnxruntime", "onnxruntime:<provider>", "tensorrt" (the bundle's engines, CUDA) or
+            "auto" (timed as users get it); None: `default_backends(device, bundle)`, i.e. PyTorch eager, every
+            ONNX Runtime compute provider that runs on `device`, and tensorrt where the bundle has valid engines.
         text_batches: numbers of prompts per text batch; None: the same as `batches`.
         warmup: untimed calls before each case, per backend.
         repeats: the most timed calls per case and backend.
@@ -397,14 +460,22 @@ def bench_encoders(
         progress: show a tqdm bar over the cases (on stderr).
         auto: fill every row's ``auto_pick`` with the backend ``backend="auto"`` runs that case on (loading
             an auto model once to learn its choice, which calibrates it when no cached calibration fits).
+        precision: precisions to time side by side (`parse_precisions`: a comma list or a sequence of "fp32",
+            "int8", "fp16"; fp32 is always timed, as the reference). Every precision but fp32 is a variant
+            bundle timed through ONNX Runtime on the provider edgeclip picks on `device` (the FP32 row of that
+            provider is added when `backends` lacks it).
+        cache_dir: where the INT8 and FP16 variants of `bundle` are made once and reused while they verify.
+        int8_calib: calibration images of the INT8 variant (`quantize_bundle`'s ``calib``).
 
     Returns:
         `{"title", "bench", "config", "columns", "rows", "notes", "machine"}`. One row per
         (encoder, backend, batch): encoder ("image"/"text"), backend, provider, device, batch, tokens
         (text: sequence length after causal truncation), n, median_ms, p90_ms, mean_ms, min_ms,
         per_item_ms, items_per_s, speedup / speedup_p90 / speedup_lo / speedup_hi (ORT and auto rows: PyTorch
-        eager time over this backend's, see `ratio_with_spread`; None on torch rows), auto_pick (the backend
-        ``backend="auto"`` runs this encoder and batch on; None without `auto`), other_load (CPU
+        eager time over this backend's, see `ratio_with_spread`; None on torch rows), precision, vs_fp32 /
+        vs_fp32_lo / vs_fp32_hi (rows of another precision: the FP32 time of the same backend and provider over
+        this row's, median of the paired ratios and its 10th–90th percentiles; None on fp32 rows), auto_pick (the
+        backend ``backend="auto"`` runs this encoder and batch on; None without `auto`), other_load (CPU
         cores other processes kept busy during the case, see `other_cpu_load`; None when the case
         was too short to tell), requested_batch and oom_retry (a case that ran out of memory is timed once
         more at half the batch: `batch` is then the batch that ran and oom_retry the failure), error (None, or
@@ -421,13 +492,17 @@ def bench_encoders(
         raise ValueError("nothing to time: batches and text_batches are both empty")
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
-    spec_list = [parse_backend(s, device) for s in (default_backends(device) if backends is None else backends)]
+    precisions = parse_precisions(precision)
+    bnd = resolve_bundle(bundle)
+    names = default_backends(device, bnd) if backends is None else backends
+    spec_list = [parse_backend(s, device) for s in names]
     if not spec_list:
         raise ValueError("no backends to time")
-    specs = {s.label: s for s in spec_list}
-    if len(specs) != len(spec_list):
+    if len({s.label for s in spec_list}) != len(spec_list):
         raise ValueError(f"backends repeat: {[s.label for s in spec_list]}")
-    bnd = resolve_bundle(bundle)
+    spec_list += _precision_specs(spec_list, precisions, device)
+    specs = {s.label: s for s in spec_list}
+    variants: dict[str, B.Bundle] = {}
     label = model_label(bnd)
     snap_start = cpu_snapshot()
 
@@ -440,7 +515,9 @@ def bench_encoders(
         choice = _auto_choice(bnd, device, threads) if auto and AUTO not in specs else None
         for spec in spec_list:
             try:
-                models[spec.label] = _load(bnd, spec, threads)
+                if spec.precision != FP32 and spec.precision not in variants:
+                    variants[spec.precision] = _variant(bnd, spec.precision, cache_dir, int8_calib)
+                models[spec.label] = _load(variants.get(spec.precision, bnd), spec, threads)
             except EdgeClipError as exc:
                 log.warning("%s cannot run on %s: %s", label, spec.label, exc)
                 for enc, bs in (("image", batches), ("text", text_batches)):
@@ -473,7 +550,8 @@ def bench_encoders(
     config = {"bundle": str(bnd.path), "model": label, "batches": batches, "text_batches": text_batches,
               "backends": list(specs), "warmup": warmup, "repeats": repeats,
               "min_repeats": MIN_REPEATS, "time_budget_s": time_budget_s, "threads": threads,
-              "device": device, "template": TEMPLATE, "interleave": interleave,
+              "device": device, "template": TEMPLATE, "interleave": interleave, "precisions": precisions,
+              "variants": {p: str(v.path) for p, v in variants.items()}, "int8_calib": int8_calib,
               "other_load": other_cpu_load(snap_start, cpu_snapshot()),
               "auto": choice.to_dict() if choice is not None else None}
     how = ("backends timed round-robin within each case (0.1 s settle before each timed call)" if interleave
@@ -489,6 +567,7 @@ def bench_encoders(
     ]
     if choice is not None:
         notes.append(_auto_note(rows, choice, device))
+    notes += _precision_notes(precisions, variants, rows, device)
     retried = sorted({(r["encoder"], r["requested_batch"], r["batch"]) for r in rows if r.get("oom_retry")})
     if retried:
         notes.append("out of memory: " + ", ".join(f"{e} batch {a} ran at batch {b}" for e, a, b in retried)
@@ -496,7 +575,102 @@ def bench_encoders(
     add_busy_note(rows, notes, "absolute times are inflated, PyTorch's multi-threaded ones above all; round-robin "
                   "timing shares the slowdown, but ratios can still shift")
     return {"title": f"Encoder latency: {label}", "bench": "encoders", "config": config,
-            "columns": list(COLUMNS), "rows": rows, "notes": notes, "machine": machine_info(threads)}
+            "columns": _columns(precisions), "rows": rows, "notes": notes, "machine": machine_info(threads)}
+
+
+def _columns(precisions: Sequence[str]) -> list[str]:
+    """The Markdown columns: `COLUMNS`, plus `PRECISION_COLUMNS` when not only fp32 runs (precision after the
+    provider, images/s and the ratio to FP32 after the per-item time)."""
+    if list(precisions) == [FP32]:
+        return list(COLUMNS)
+    cols: list[str] = []
+    for c in COLUMNS:
+        cols.append(c)
+        if c == "provider":
+            cols.append(PRECISION_COLUMNS[0])
+        elif c == "per_item_ms":
+            cols += PRECISION_COLUMNS[1:]
+    return cols
+
+
+def _precision_specs(spec_list: Sequence[BackendSpec], precisions: Sequence[str], device: str) -> list[BackendSpec]:
+    """The extra backends for `precisions` other than fp32: onnxruntime on the provider edgeclip picks on `device`,
+    one per precision, plus that provider's FP32 row (the reference of ``vs_fp32``) when `spec_list` lacks it."""
+    others = [p for p in precisions if p != FP32]
+    if not others:
+        return []
+    ort = parse_backend("onnxruntime", device)  # BackendError without onnxruntime
+    extra = [] if any(s.label == ort.label for s in spec_list) else [ort]
+    if extra:
+        log.info("adding %s at fp32: the reference of the %s rows", ort.label, ", ".join(others))
+    return extra + [BackendSpec(ort.backend, ort.provider, ort.device, p) for p in others]
+
+
+def _variant(bnd: B.Bundle, precision: str, cache_dir: str | Path, int8_calib: str) -> B.Bundle:
+    """The `precision` variant of `bnd` in `cache_dir`, made once and reused while it verifies."""
+    if precision == "int8":
+        from edgeclip.bench.precision import int8_variant
+
+        return int8_variant(bnd, cache_dir, int8_calib)
+    if precision == "fp16":
+        return _fp16_variant(bnd, cache_dir)
+    raise InputError(f"no variant for precision {precision!r}")
+
+
+def _fp16_variant(bnd: B.Bundle, cache_dir: str | Path) -> B.Bundle:
+    """The FP16 variant of `bnd` (`convert_bundle_fp16`) in ``cache_dir/<bundle>-fp16``; a cached one is reused while
+    it verifies and names this source's manifest."""
+    from edgeclip.errors import BundleError
+    from edgeclip.export.fp16 import convert_bundle_fp16
+
+    out = Path(cache_dir).expanduser() / f"{Path(bnd.path).name}-fp16"
+    if (out / "manifest.json").is_file():
+        try:
+            cached = B.open_bundle(out, verify=True)
+            source = cached.manifest.get("extra", {}).get("variant", {}).get("source", {})
+            if source.get("manifest_sha256") == bnd.manifest.get("manifest_sha256"):
+                return cached
+        except BundleError as exc:
+            log.warning("cached FP16 bundle %s is unusable (%s); converting again", out, exc)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    convert_bundle_fp16(bnd.path, out, overwrite=True)
+    return B.open_bundle(out, verify=True)
+
+
+def _precision_notes(precisions: Sequence[str], variants: dict[str, B.Bundle], rows: Sequence[dict[str, Any]],
+                     device: str) -> list[str]:
+    """What the precision rows are: how each variant was made, the INT8 text encoder, FP16 on the CPU, and the
+    image encoder's INT8 ratio at the largest batch against the ≥ 2× goal."""
+    if list(precisions) == [FP32]:
+        return []
+    notes = ["precision: every precision but fp32 is a variant bundle timed through onnxruntime only (a variant has "
+             "no PyTorch tower), round-robin with the FP32 backends on the same inputs; vs_fp32 = FP32 onnxruntime "
+             "time on the same provider / this row's (>1: faster than FP32), with its 10th–90th percentiles over "
+             "the paired rounds."]
+    for p, v in variants.items():
+        extra = v.manifest.get("extra", {}).get("variant", {})
+        parity = v.manifest.get("parity", {})
+        cos = ", ".join(f"{k} {parity[k]:.5f}" for k in ("image_min_cos", "text_min_cos") if k in parity)
+        if p == "int8":
+            method = extra.get("int8", {}).get("method", "?")
+            notes.append(f"int8: `precision.int8_variant` (`quantize_bundle`, {method} calibration) at {v.path}; only "
+                         "the image encoder is INT8 — its text encoder is FP32 by design, so the text rows' vs_fp32 "
+                         f"says how level the field is, not a quantisation gain; min cosine vs FP32: {cos or '?'}.")
+        elif p == "fp16":
+            cpu = "" if is_cuda(device) else (
+                " On the CPU, onnxruntime FP16 is not a deployment path (the graph is meant for GPU runtimes; the "
+                "CPU provider runs many FP16 ops through inserted casts), so these rows are for completeness. The "
+                "converter keeps Transpose → MatMul(const) in FP32, which onnxruntime 1.32's CPU optimiser crashes "
+                "on in FP16.")
+            notes.append(f"fp16: `convert_bundle_fp16` (LayerNorm, Softmax and the final projection in FP32; inputs "
+                         f"and outputs float32) at {v.path}; min cosine vs FP32: {cos or '?'}.{cpu}")
+    img = [r for r in rows if r["encoder"] == "image" and r.get("precision") == "int8" and r["vs_fp32"] is not None]
+    if img:
+        big = max(img, key=lambda r: r["requested_batch"])
+        verdict = "met" if big["vs_fp32_lo"] >= 2.0 else "missed"
+        notes.append(f"image encoder at batch {big['batch']}: INT8 {big['vs_fp32']:.2f}× FP32 "
+                     f"[{big['vs_fp32_lo']:.2f}, {big['vs_fp32_hi']:.2f}]; goal ≥ 2× (lower end): {verdict}.")
+    return notes
 
 
 def _image_call(model: EdgeClip, pixels: torch.Tensor) -> Callable[[], Any]:
@@ -516,4 +690,5 @@ def bench_encoders_for_model(model_name: str, cache_dir: str | Path, **kwargs: A
     Keyword arguments go to `bench_encoders`. Random weights time the same as trained ones, so no download is
     needed."""
     bundle = random_weight_bundle(model_name, cache_dir, progress=bool(kwargs.get("progress", False)))
+    kwargs.setdefault("cache_dir", cache_dir)  # the INT8 / FP16 variants beside the bundle
     return bench_encoders(bundle, **kwargs)

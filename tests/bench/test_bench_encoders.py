@@ -272,3 +272,111 @@ def test_class_names_scale_past_the_one_word_pool() -> None:
     names = class_names(2000, seed=3)
     assert len(set(names)) == 2000 and names == class_names(2000, seed=3)
     assert {len(n.split()) for n in names} == {1, 2, 3, 4}
+
+
+# -- precisions side by side ---------------------------------------------------------------------
+def test_parse_precisions() -> None:
+    from edgeclip.bench.encoders import parse_precisions
+    from edgeclip.errors import InputError
+
+    assert parse_precisions("fp32") == ["fp32"]
+    assert parse_precisions("int8") == ["fp32", "int8"]  # the reference is always timed
+    assert parse_precisions(" FP16,int8,fp16 ") == ["fp32", "fp16", "int8"]
+    assert parse_precisions(["int8", "fp32"]) == ["fp32", "int8"]
+    with pytest.raises(InputError, match=r"unknown precision 'int4'.*fp32, int8, fp16"):
+        parse_precisions("fp32,int4")
+    with pytest.raises(InputError, match="unknown precision"):
+        parse_precisions("fp32,,int8")
+
+
+def test_bench_encoders_rejects_bad_precision_before_work(tmp_path: Path) -> None:
+    from edgeclip.errors import InputError
+
+    with pytest.raises(InputError, match="unknown precision 'bf16'"):
+        bench_encoders("micro", precision="fp32,bf16", cache_dir=tmp_path, progress=False)
+    assert list(tmp_path.iterdir()) == []  # nothing quantised or converted
+
+
+def test_cli_bad_precision_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    from edgeclip.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "encoders", "--precision", "fp32,int3"])
+    assert exc.value.code == 2
+    assert "unknown precision 'int3'" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not HAS_ORT, reason="onnxruntime is not installed")
+def test_bench_encoders_precisions_side_by_side(tmp_path: Path) -> None:
+    """fp32 (torch, and the onnxruntime reference added for it), int8 and fp16 variants of the micro bundle in one
+    run: a row per precision and case, each variant through onnxruntime with its ratio to FP32."""
+    res = bench_encoders("micro", batches=(1, 2), text_batches=(2,), backends=["torch"], repeats=2, warmup=0,
+                         threads=1, time_budget_s=0.2, precision="int8,fp16", cache_dir=tmp_path / "cache",
+                         int8_calib="shapes:32", auto=False, progress=False)
+    ort = f"onnxruntime:{CPU_EP}"
+    assert res["config"]["backends"] == ["torch", ort, f"{ort}@int8", f"{ort}@fp16"]
+    assert res["config"]["precisions"] == ["fp32", "int8", "fp16"]
+    assert set(res["config"]["variants"]) == {"int8", "fp16"}
+    for p in res["config"]["variants"].values():
+        assert (Path(p) / "manifest.json").is_file() and Path(p).parent == tmp_path / "cache"
+    keys = [(r["encoder"], r["batch"], r["backend"], r["precision"]) for r in res["rows"]]
+    want = [(e, n, b, p) for e, ns in (("image", (1, 2)), ("text", (2,))) for n in ns
+            for b, p in (("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8"),
+                         ("onnxruntime", "fp16"))]
+    assert keys == want
+    for r in res["rows"]:
+        assert r["error"] is None and r["median_ms"] > 0 and r["n"] >= 2
+        assert r["items_per_s"] == pytest.approx(1e3 * r["batch"] / r["median_ms"])
+        if r["precision"] == "fp32":
+            assert r["vs_fp32"] is None and r["vs_fp32_lo"] is None
+        else:
+            assert r["provider"] == CPU_EP
+            assert 0 < r["vs_fp32_lo"] <= r["vs_fp32"] <= r["vs_fp32_hi"]
+            assert r["speedup"] > 0  # against torch, like every onnxruntime row
+    for col in ("precision", "items_per_s", "vs_fp32", "vs_fp32_lo", "vs_fp32_hi"):
+        assert col in res["columns"]
+    notes = " ".join(res["notes"])
+    assert "text encoder is FP32 by design" in notes and "not a deployment path" in notes
+    assert "INT8" in notes and "goal ≥ 2×" in notes
+    md = write_report(res, tmp_path, "encoders-precision")["md"].read_text()
+    assert "| int8 " in md and "| fp16 " in md and res["machine"]["cpu_model"] in md
+
+
+def test_cli_model_precision_passes_through(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """`--model` with `--precision`: the cache folder goes once (the bundle's and the variants'), the precisions are
+    parsed, and the report is named after both."""
+    import edgeclip.bench
+    from edgeclip.cli import main
+
+    seen: dict[str, Any] = {}
+
+    def fake(model_name: str, cache_dir: Path, **kwargs: Any) -> dict[str, Any]:
+        seen.update(model_name=model_name, cache_dir=cache_dir, **kwargs)
+        return {"title": "T", "columns": ["encoder"], "rows": [{"encoder": "image"}], "notes": []}
+
+    monkeypatch.setattr(edgeclip.bench, "bench_encoders_for_model", fake)
+    assert main(["bench", "encoders", "--model", "ViT-B-32", "--precision", "int8", "--batch", "64",
+                 "--cache", str(tmp_path / "c"), "--out", str(tmp_path / "o"), "--json"]) == 0
+    assert seen["cache_dir"] == tmp_path / "c"
+    assert seen["precision"] == ["fp32", "int8"] and seen["batches"] == (64,)
+    assert (tmp_path / "o" / "encoders-ViT-B-32-fp32-int8.json").is_file()
+    capsys.readouterr()
+
+
+def test_tensorrt_backend_is_a_cuda_backend_and_joins_the_defaults_only_with_valid_engines(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import edgeclip
+    from edgeclip.runtime import bundle as B
+    from edgeclip.runtime import engine_cache
+
+    assert parse_backend("tensorrt", "cuda").backend == "tensorrt"
+    with pytest.raises(ValueError, match="runs on the GPU"):
+        parse_backend("tensorrt", "cpu")
+    with pytest.raises(ValueError, match="takes no provider"):
+        parse_backend("tensorrt:x", "cuda")
+    bundle = B.open_bundle(edgeclip.default_bundle())
+    assert "tensorrt" not in default_backends("cuda", bundle)  # no engines here
+    monkeypatch.setattr(engine_cache, "has_valid_engines", lambda b, enc, here=None: True)
+    assert "tensorrt" in default_backends("cuda", bundle)
+    assert "tensorrt" not in default_backends("cpu", bundle)
