@@ -18,6 +18,7 @@ __all__ = [
     "arf_claim_table",
     "arf_table",
     "clap_table",
+    "encoders_precision_table",
     "encoders_table",
     "kernels_select_table",
     "kernels_table",
@@ -559,3 +560,26 @@ def precision_table(results: list[dict[str, Any]]) -> str:
                                 "FP32": "", "INT8": "", "INT8 speed-up": f"INT8 − FP32 {row['mean']}; largest loss "
                                                                          f"on one shift {worst:+.1f}"})
     return markdown_table(out, ["model", "what", "FP32", "INT8", "INT8 speed-up"])
+
+
+def encoders_precision_table(results: list[dict[str, Any]]) -> str:
+    """`edgeclip bench encoders --precision fp32,int8`, one block of rows per report: per encoder and batch, the
+    FP32 and INT8 onnxruntime medians timed round-robin in the same run and INT8's speed-up over FP32 (median of
+    the paired rounds, 10th–90th percentile; bold where the whole range is above 1)."""
+    out = []
+    for res in results:
+        model = res["config"]["model"]
+        rows = res["rows"]
+        fp32 = {(r["encoder"], r["requested_batch"], r["provider"]): r for r in rows
+                if r["backend"] == "onnxruntime" and r.get("precision", "fp32") == "fp32"}
+        for r in rows:
+            if r["backend"] != "onnxruntime" or r.get("precision", "fp32") == "fp32":
+                continue
+            ref = fp32.get((r["encoder"], r["requested_batch"], r["provider"]))
+            what = f"{r['encoder']}{' (FP32 in both)' if r['encoder'] == 'text' else ''}, batch {r['requested_batch']}"
+            out.append({"model": model, "what": what, "FP32": _ms(ref["median_ms"] if ref else None),
+                        r["precision"].upper(): _ms(r["median_ms"]),
+                        f"{r['precision'].upper()} vs FP32": _ratio(r, "vs_fp32") if r.get("error") is None
+                        else r["error"]})
+    cols = list(dict.fromkeys(k for r in out for k in r))
+    return markdown_table(out, cols)

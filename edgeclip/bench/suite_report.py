@@ -132,9 +132,7 @@ def _plan(out: Path, quick: bool, device: str, threads: int | None, cache_dir: P
         cuda_skip = "device cpu asked (--device cuda or auto runs it)"
     elif not gpu["cuda_available"]:
         cuda_skip = "no CUDA device (torch.cuda.is_available() is False)"
-    trt_skip = cuda_skip or (None if gpu["ort_tensorrt_ep"] else
-                             f"no TensorRT: onnxruntime has no {TRT_EP}"
-                             + ("" if gpu["tensorrt"] else " and `import tensorrt` fails"))
+    trt_backends, trt_skip = _tensorrt_backends(gpu, cuda_skip)
 
     def encoders(dev: str, precision: str, backends: Sequence[str] | None, suffix: str) -> Callable[[], Any]:
         def run() -> list[tuple[str, dict[str, Any], dict[str, Path]]]:
@@ -179,13 +177,13 @@ def _plan(out: Path, quick: bool, device: str, threads: int | None, cache_dir: P
             return [(REPORT_NAMES[part], res["parts"][part], res["files"][part])]
         return run
 
-    trt_backends = None if trt_skip else [f"onnxruntime:{TRT_EP}"]
     return [
         _Bench("encoders", "image and text encoder latency, PyTorch eager vs ONNX Runtime CPU, FP32 vs INT8",
                encoders("cpu", "fp32,int8", None, "")),
         _Bench("encoders-cuda", "encoder latency on the GPU: PyTorch CUDA vs ONNX Runtime's CUDA provider, FP32 vs "
                "FP16", encoders("cuda", "fp32,fp16", cuda_backends(False), "-cuda"), cuda_skip),
-        _Bench("encoders-tensorrt", "encoder latency through ONNX Runtime's TensorRT provider",
+        _Bench("encoders-tensorrt", "encoder latency on TensorRT: the bundle's own engines (`edgeclip engine build`) "
+               "and ONNX Runtime's TensorRT provider",
                encoders("cuda", "fp32", trt_backends, "-tensorrt"), trt_skip),
         _Bench("kernels", "per-frame kernels (views, cosine + select) vs TPT-style baselines, CPU",
                kernels("cpu", "kernels")),
@@ -197,6 +195,28 @@ def _plan(out: Path, quick: bool, device: str, threads: int | None, cache_dir: P
         _Bench("tta-text-stress", "text path of one TPT step against the number of classes: latency, peak memory",
                tta("text-stress")),
     ]
+
+
+def _tensorrt_backends(gpu: dict[str, Any], cuda_skip: str | None) -> tuple[list[str] | None, str | None]:
+    """The TensorRT backends of the micro bundle here (its valid engines, ONNX Runtime's TensorRT provider), or
+    None and why there are none."""
+    if cuda_skip:
+        return None, cuda_skip
+    out = [f"onnxruntime:{TRT_EP}"] if gpu["ort_tensorrt_ep"] else []
+    native = "`import tensorrt` fails"
+    if gpu["tensorrt"]:
+        import edgeclip
+        from edgeclip.runtime.bundle import open_bundle
+        from edgeclip.runtime.engine_cache import has_valid_engines
+
+        micro = open_bundle(edgeclip.default_bundle())
+        if has_valid_engines(micro, "image") and has_valid_engines(micro, "text"):
+            out.insert(0, "tensorrt")
+        else:
+            native = "the micro bundle has no valid engines here (edgeclip engine build --precision fp16)"
+    if out:
+        return out, None
+    return None, f"no TensorRT: {native}, and onnxruntime has no {TRT_EP}"
 
 
 # -- plots --------------------------------------------------------------------------------------------------
