@@ -618,23 +618,11 @@ def _variant(bnd: B.Bundle, precision: str, cache_dir: str | Path, int8_calib: s
 
 
 def _fp16_variant(bnd: B.Bundle, cache_dir: str | Path) -> B.Bundle:
-    """The FP16 variant of `bnd` (`convert_bundle_fp16`) in ``cache_dir/<bundle>-fp16``; a cached one is reused while
-    it verifies and names this source's manifest."""
-    from edgeclip.errors import BundleError
+    """The FP16 variant of `bnd` (`convert_bundle_fp16`) in ``cache_dir/<bundle>-fp16`` (`cached_variant`)."""
+    from edgeclip.bench.precision import cached_variant
     from edgeclip.export.fp16 import convert_bundle_fp16
 
-    out = Path(cache_dir).expanduser() / f"{Path(bnd.path).name}-fp16"
-    if (out / "manifest.json").is_file():
-        try:
-            cached = B.open_bundle(out, verify=True)
-            source = cached.manifest.get("extra", {}).get("variant", {}).get("source", {})
-            if source.get("manifest_sha256") == bnd.manifest.get("manifest_sha256"):
-                return cached
-        except BundleError as exc:
-            log.warning("cached FP16 bundle %s is unusable (%s); converting again", out, exc)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    convert_bundle_fp16(bnd.path, out, overwrite=True)
-    return B.open_bundle(out, verify=True)
+    return cached_variant(bnd, cache_dir, "fp16", lambda src, out: convert_bundle_fp16(src, out, overwrite=True))
 
 
 def _precision_notes(precisions: Sequence[str], variants: dict[str, B.Bundle], rows: Sequence[dict[str, Any]],

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +38,14 @@ REPORT_NAME = "precision"
 ACCURACY_SHIFTS = ("clean", "gaussian_noise", "blur", "low_contrast", "sketch", "textured_background")
 
 
-def int8_variant(bundle: Any, cache_dir: str | Path, calib: str = "shapes:256") -> Any:
-    """The INT8 variant of `bundle` in ``cache_dir`` (quantised once; a cached one is reused while it verifies
-    and names this source's manifest)."""
+def cached_variant(bundle: Any, cache_dir: str | Path, kind: str, make: Callable[[Path, Path], Any],
+                   tag: str = "") -> Any:
+    """The ``kind`` variant of `bundle` in ``cache_dir/<bundle>-<kind><tag>``, made once by ``make(source path,
+    out path)``; a cached one is reused while it verifies and names this source's manifest."""
     from edgeclip.errors import BundleError
-    from edgeclip.export.quantize import quantize_bundle
     from edgeclip.runtime import bundle as B
 
-    out = Path(cache_dir).expanduser() / f"{Path(bundle.path).name}-int8"
+    out = Path(cache_dir).expanduser() / f"{Path(bundle.path).name}-{kind}{tag}"
     if (out / "manifest.json").is_file():
         try:
             cached = B.open_bundle(out, verify=True)
@@ -53,10 +53,20 @@ def int8_variant(bundle: Any, cache_dir: str | Path, calib: str = "shapes:256") 
             if source.get("manifest_sha256") == bundle.manifest.get("manifest_sha256"):
                 return cached
         except BundleError as exc:
-            log.warning("cached INT8 bundle %s is unusable (%s); quantising again", out, exc)
+            log.warning("cached %s bundle %s is unusable (%s); making it again", kind, out, exc)
     out.parent.mkdir(parents=True, exist_ok=True)
-    quantize_bundle(bundle.path, out, calib=calib, overwrite=True)
+    make(Path(bundle.path), out)
     return B.open_bundle(out, verify=True)
+
+
+def int8_variant(bundle: Any, cache_dir: str | Path, calib: str = "shapes:256") -> Any:
+    """The INT8 variant of `bundle` in ``cache_dir`` (`cached_variant`; a calibration other than the default
+    ``shapes:256`` gets a folder of its own)."""
+    from edgeclip.export.quantize import quantize_bundle
+
+    tag = "" if calib == "shapes:256" else "-" + "".join(c if c.isalnum() else "_" for c in calib)[:40]
+    return cached_variant(bundle, cache_dir, "int8",
+                          lambda src, out: quantize_bundle(src, out, calib=calib, overwrite=True), tag)
 
 
 def _speed(fp32: Any, int8: Any, batches: Sequence[int], rounds: int, max_time: float) -> list[dict[str, Any]]:
