@@ -21,7 +21,7 @@ def test_precision_bench_tiny_run(tmp_path, capsys: pytest.CaptureFixture[str]) 
     rows = data["tables"][0]["rows"]
     assert [(r["method"], r["encoder"]) for r in rows][:3] == [("zero-shot", "FP32"), ("zero-shot", "INT8"),
                                                                ("zero-shot", "INT8 − FP32")]
-    variant = cache / "micro.bundle-int8" / "manifest.json"
+    variant = cache / "micro.bundle-int8-shapes_8" / "manifest.json"  # a non-default calibration: its own folder
     stamp = variant.stat().st_mtime_ns
     capsys.readouterr()
     assert main(args) == 0  # the cached variant is reused, not quantised again
