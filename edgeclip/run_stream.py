@@ -45,7 +45,7 @@ class _Annotator:
         if out is not None:
             from edgeclip.video_out import VideoWriter
 
-            self.writer = VideoWriter(out, fps=fps)
+            self.writer = VideoWriter(out, fps=fps, fit=True)  # a folder may hold images of mixed sizes
 
     def write(self, image: Any, lines: list[str]) -> None:
         if self.writer is not None:

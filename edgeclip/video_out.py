@@ -25,7 +25,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from edgeclip.errors import InputError, VideoWriteError
 
-__all__ = ["VideoWriteError", "VideoWriter", "annotate"]
+__all__ = ["VideoWriteError", "VideoWriter", "annotate", "letterbox"]
 
 logger = logging.getLogger(__name__)
 
@@ -126,24 +126,40 @@ def _import_cv2() -> ModuleType:
     return cv2
 
 
+def letterbox(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``image`` (H×W×3 uint8) scaled to fit inside ``size`` (width, height) keeping its aspect, centred on
+    black."""
+    width, height = size
+    h, w = image.shape[:2]
+    scale = min(width / w, height / h)
+    new_w, new_h = max(1, min(width, round(w * scale))), max(1, min(height, round(h * scale)))
+    scaled = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.Resampling.BILINEAR))
+    out = np.zeros((height, width, 3), dtype=np.uint8)
+    top, left = (height - new_h) // 2, (width - new_w) // 2
+    out[top : top + new_h, left : left + new_w] = scaled
+    return out
+
+
 class VideoWriter:
     """Write H×W×3 uint8 RGB frames to a video file (MP4 with the ``mp4v`` codec by default).
 
     The container follows the path's suffix (``.mp4``, ``.avi``, ``.mkv``); the frame size is fixed by the first
-    frame, and every later frame must have it. An odd width or height is padded by one pixel (edge copy), as
-    MPEG-4 needs even sizes. Frames go to a hidden temporary file in the target's folder, renamed over the target
-    by :meth:`close`; a writer closed without frames writes nothing. Used as a context manager, an exception in the
-    block still finishes and renames the file with the frames written so far (a recording cut short stays
-    playable) unless ``keep_on_error=False``, which deletes it. Not thread-safe.
+    frame, and every later frame must have it, unless ``fit``: then a frame of another size is scaled to fit
+    inside it, keeping its aspect, centred on black bars (a folder of images of mixed sizes). An odd width or
+    height is padded by one pixel (edge copy), as MPEG-4 needs even sizes. Frames go to a hidden temporary file in
+    the target's folder, renamed over the target by :meth:`close`; a writer closed without frames writes nothing.
+    Used as a context manager, an exception in the block still finishes and renames the file with the frames
+    written so far (a recording cut short stays playable) unless ``keep_on_error=False``, which deletes it. Not
+    thread-safe.
 
     Raises:
         VideoWriteError: OpenCV is missing, the folder does not exist, or OpenCV cannot open the output (an
             unknown suffix, a codec this build lacks).
-        InputError: a bad frame, a frame of another size, or a bad ``fps``.
+        InputError: a bad frame, a frame of another size (without ``fit``), or a bad ``fps``.
     """
 
     def __init__(self, path: str | os.PathLike, fps: float = 30.0, *, fourcc: str = "mp4v",
-                 keep_on_error: bool = True) -> None:
+                 keep_on_error: bool = True, fit: bool = False) -> None:
         if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or fps <= 0:
             raise InputError(f"fps must be a positive number, got {fps!r}")
         if not isinstance(fourcc, str) or len(fourcc) != 4:
@@ -152,6 +168,7 @@ class VideoWriter:
         self.fps = float(fps)
         self.fourcc = fourcc
         self.keep_on_error = keep_on_error
+        self.fit = fit
         if not self.path.parent.is_dir():
             raise VideoWriteError(f"{self.path}: cannot write a video there: folder {self.path.parent} does not exist")
         if self.path.is_dir():
@@ -208,6 +225,8 @@ class VideoWriter:
         height, width = arr.shape[:2]
         if self._writer is None:
             self._open(width, height)
+        elif (width, height) != self._size and self.fit:
+            arr = letterbox(arr, self._size)
         elif (width, height) != self._size:
             raise InputError(f"{self.path}: frame {self._frames} is {width}x{height}, but the video is "
                              f"{self._size[0]}x{self._size[1]} (fixed by the first frame); resize frames first")

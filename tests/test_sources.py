@@ -394,6 +394,23 @@ def test_video_writer_errors_and_odd_sizes(tmp_path: Path) -> None:
 
 
 @needs_cv2
+def test_video_writer_fit_letterboxes_frames_of_other_sizes(tmp_path: Path) -> None:
+    from edgeclip.video_out import letterbox
+
+    tall = np.full((40, 10, 3), 200, dtype=np.uint8)
+    boxed = letterbox(tall, (64, 48))
+    assert boxed.shape == (48, 64, 3)
+    cols = np.nonzero(boxed[24, :, 0])[0]
+    assert cols.min() >= 24 and cols.max() <= 39 and boxed[:, :20].max() == 0  # centred, black bars, aspect kept
+    with VideoWriter(tmp_path / "mixed.mp4", fit=True) as writer:
+        writer.write(_frames(1, size=(64, 48))[0])
+        writer.write(tall)
+        writer.write(_frames(1, size=(33, 99))[0])
+    assert writer.frames_written == 3 and writer.size == (64, 48)
+    assert [f.image.shape for f in open_source(tmp_path / "mixed.mp4")] == [(48, 64, 3)] * 3
+
+
+@needs_cv2
 def test_write_shift_video(tmp_path: Path) -> None:
     from edgeclip.data.video import write_shift_video
 
