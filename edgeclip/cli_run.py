@@ -10,7 +10,7 @@ import json
 import sys
 from typing import Any
 
-from edgeclip.cli_args import add_model_args, load_model, parse_setting, positive_int, template
+from edgeclip.cli_args import add_model_args, load_model, nonnegative_int, parse_setting, positive_int, template
 from edgeclip.errors import EdgeClipError
 
 __all__ = ["add_parser"]
@@ -49,7 +49,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     names = parse_class_spec(args.classes) if args.classes is not None else None
     model = load_model(args)
     name, head, settings = method_spec(args)
-    source = open_source(args.source, fps=args.fps, skip_unreadable=args.skip_unreadable)
+    source = open_source(args.source, fps=args.fps, skip_unreadable=args.skip_unreadable, reconnect=args.reconnect)
     policy = args.policy or ("latest" if source.is_live else "fifo")
     tty = sys.stderr.isatty()
 
@@ -118,6 +118,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     r.add_argument("--realtime", action="store_true", help="pace a file at its own frame rate, as a camera would")
     r.add_argument("--fps", type=float, default=None, help="frame rate of a folder or glob (timestamps, output video)")
     r.add_argument("--skip-unreadable", action="store_true", help="skip unreadable images of a folder or glob")
+    r.add_argument("--reconnect", type=nonnegative_int, default=3,
+                   help="times in a row a live camera or stream is opened again after it stops delivering (a dropped "
+                        "RTSP stream, a re-plugged camera; waits 1 s, doubling) before the run stops (default 3; 0: "
+                        "never)")
     add_model_args(r)
     r.add_argument("--threads", type=positive_int, help="CPU threads for onnxruntime and PyTorch")
     r.add_argument("--top-k", type=positive_int, default=3, help="classes listed per frame with --json (default 3)")

@@ -32,7 +32,7 @@ import stat
 import sys
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType, TracebackType
@@ -55,6 +55,7 @@ LIVE_SCHEMES: frozenset[str] = frozenset({"rtsp", "rtsps", "rtmp", "rtmps", "udp
 frame count (an MJPEG camera rather than a file on a server); ``live=`` overrides both."""
 
 _RETRY_PAUSE = 0.05  # seconds between two reads of a live source that failed
+_MAX_RECONNECT_WAIT = 30.0  # seconds: the longest wait before one reconnection attempt
 _MAX_FPS = 1000.0  # a larger reported rate is treated as unknown
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _GLOB_CHARS = frozenset("*?[")
@@ -114,6 +115,11 @@ class Source(ABC):
         return self._frames_read
 
     @property
+    def reconnects(self) -> int:
+        """How many times a live source was opened again after it stopped delivering (0 for other sources)."""
+        return 0
+
+    @property
     @abstractmethod
     def closed(self) -> bool:
         """True once the source was closed or read to its end."""
@@ -170,9 +176,15 @@ class _CaptureSource(Source):
     """A video file, camera or stream read through ``cv2.VideoCapture``."""
 
     def __init__(self, spec: str, kind: str, cap: Any, cv2: ModuleType, *, live: bool | None, fps: float | None,
-                 retry_seconds: float, count_tolerance: int | None) -> None:
+                 retry_seconds: float, count_tolerance: int | None,
+                 reopen: Callable[[], Any | None] | None = None, reconnect: int = 0,
+                 reconnect_wait: float = 1.0) -> None:
         super().__init__(spec, kind)
         self._cap = cap
+        self._reopen = reopen
+        self._reconnect = reconnect
+        self._reconnect_wait = reconnect_wait
+        self._reconnects = 0
         self._cv2 = cv2
         self._retry_seconds = retry_seconds
         self._count_tolerance = count_tolerance
@@ -213,13 +225,14 @@ class _CaptureSource(Source):
     def capture(self) -> Any:
         return self._cap
 
+    @property
+    def reconnects(self) -> int:
+        """How many times a live source was opened again after it stopped delivering."""
+        return self._reconnects
+
     def close(self) -> None:
-        cap, self._cap = self._cap, None
-        if cap is not None:
-            try:
-                cap.release()
-            except Exception as exc:  # releasing must not mask what happened before
-                logger.debug("%s: release failed (%s)", self.spec, exc)
+        self._reopen = None  # a closed source stays closed
+        self._release_capture()
 
     def _read(self) -> np.ndarray | None:
         try:
@@ -232,22 +245,52 @@ class _CaptureSource(Source):
         return image
 
     def _retry(self) -> np.ndarray:
-        """Keep reading a live source for up to ``retry_seconds``; raise SourceError if it stays silent."""
-        deadline = time.monotonic() + self._retry_seconds
+        """Keep reading a live source for up to ``retry_seconds``; then open it again, up to ``reconnect`` times
+        in a row (waiting ``reconnect_wait``, doubled after each failed attempt, at most `_MAX_RECONNECT_WAIT`);
+        raise SourceError when it stays silent."""
         failed = 1
-        while (remaining := deadline - time.monotonic()) > 0:
-            time.sleep(min(_RETRY_PAUSE, remaining))
+        attempts = 0
+        while True:
+            deadline = time.monotonic() + self._retry_seconds
+            while self._cap is not None and (remaining := deadline - time.monotonic()) > 0:
+                time.sleep(min(_RETRY_PAUSE, remaining))
+                image = self._read()
+                if image is not None:
+                    logger.warning("%s: %d read(s) failed, then the source delivered again", self.spec, failed)
+                    return image
+                failed += 1
+            if self._reopen is None or attempts >= self._reconnect:
+                break
+            wait = min(self._reconnect_wait * 2 ** attempts, _MAX_RECONNECT_WAIT)
+            attempts += 1
+            logger.warning("%s: no frame for %g s; reconnecting in %g s (attempt %d of %d)", self.spec,
+                           self._retry_seconds, wait, attempts, self._reconnect)
+            self._release_capture()
+            time.sleep(wait)
+            self._cap = self._reopen()
+            if self._cap is None:
+                continue
             image = self._read()
             if image is not None:
-                logger.warning("%s: %d read(s) failed, then the source delivered again", self.spec, failed)
+                self._reconnects += 1
+                logger.warning("%s: reconnected (attempt %d); frames go on from index %d", self.spec, attempts,
+                               self._frames_read)
                 return image
-            failed += 1
         self.close()
         what = f"after {self._frames_read} frame(s)" if self._frames_read else "before delivering any frame"
+        again = f", and {attempts} reconnection(s) failed" if attempts else ""
         raise SourceError(
-            f"{self.spec}: live source stopped {what}: {failed} read(s) failed over {self._retry_seconds:g} s "
+            f"{self.spec}: live source stopped {what}: {failed} read(s) failed over {self._retry_seconds:g} s{again} "
             "(camera unplugged or busy, stream dropped or unreachable)"
         )
+
+    def _release_capture(self) -> None:
+        cap, self._cap = self._cap, None
+        if cap is not None:
+            try:
+                cap.release()
+            except Exception as exc:  # a dead stream may fail to release; the reconnection goes on
+                logger.debug("%s: release failed (%s)", self.spec, exc)
 
     def _end(self) -> None:
         """The file ended: stop, or raise SourceError when it ended short of its announced length."""
@@ -312,10 +355,12 @@ class _CaptureSource(Source):
 
 
 def _open_capture(kind: str, target: int | str, spec: str, *, fps: float | None, live: bool | None,
-                  retry_seconds: float, timeout: float, count_tolerance: int | None) -> _CaptureSource:
+                  retry_seconds: float, timeout: float, count_tolerance: int | None, reconnect: int = 0,
+                  reconnect_wait: float = 1.0) -> _CaptureSource:
     cv2 = _import_cv2(spec)
     ms = int(timeout * 1000)
-    try:
+
+    def make() -> tuple[Any, bool]:
         if kind == "stream":
             params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms]
             cap = cv2.VideoCapture(target, cv2.CAP_FFMPEG, params)
@@ -324,6 +369,27 @@ def _open_capture(kind: str, target: int | str, spec: str, *, fps: float | None,
         else:
             cap = cv2.VideoCapture(target)
         opened = bool(cap.isOpened())
+        if opened and kind in ("camera", "device"):
+            cap.set(cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms)  # honoured by some backends; harmless elsewhere
+            if fps is not None:
+                cap.set(cv2.CAP_PROP_FPS, fps)
+        return cap, opened
+
+    def reopen() -> Any | None:
+        """The capture opened again, or None (logged) when it cannot be."""
+        try:
+            cap, opened = make()
+        except Exception as exc:  # cv2.error
+            logger.warning("%s: reconnection failed (%s)", spec, exc)
+            return None
+        if not opened:
+            cap.release()
+            logger.warning("%s: reconnection failed (could not be opened)", spec)
+            return None
+        return cap
+
+    try:
+        cap, opened = make()
     except Exception as exc:  # cv2.error
         raise SourceError(f"{spec}: OpenCV could not open it ({exc})") from exc
     if not opened:
@@ -336,19 +402,15 @@ def _open_capture(kind: str, target: int | str, spec: str, *, fps: float | None,
             "stream": f"unreachable, refused, or not a stream OpenCV can decode (waited up to {timeout:g} s)",
         }[kind]
         raise SourceError(f"{spec}: could not be opened: {why}")
-    if kind in ("camera", "device"):
-        cap.set(cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms)  # honoured by some backends; harmless elsewhere
-        if fps is not None:
-            cap.set(cv2.CAP_PROP_FPS, fps)
     source = _CaptureSource(spec, kind, cap, cv2, live=live, fps=fps, retry_seconds=retry_seconds,
-                            count_tolerance=count_tolerance)
+                            count_tolerance=count_tolerance, reopen=reopen if kind != "file" else None,
+                            reconnect=reconnect, reconnect_wait=reconnect_wait)
     logger.info("opened %s %s (%s fps, %s frames, %s)", kind, spec, source.fps or "unknown",
                 source.frame_count if source.frame_count is not None else "unknown",
                 "live" if source.is_live else "not live")
     return source
 
 
-# -- image files ------------------------------------------------------------------------------------------
 class _ImageFilesSource(Source):
     """Image files (a folder, a glob or a list), decoded one per frame."""
 
@@ -478,6 +540,8 @@ def open_source(
     timeout: float = 10.0,
     count_tolerance: int | None = 0,
     max_pixels: int | None = MAX_PIXELS,
+    reconnect: int = 0,
+    reconnect_wait: float = 1.0,
 ) -> Source:
     """Open a frame source.
 
@@ -499,6 +563,11 @@ def open_source(
             before SourceError is raised; ``None`` accepts any shortfall with a warning (some tools write wrong
             counts into intact files).
         max_pixels: largest image decoded from a folder (see :func:`~edgeclip.runtime.images.load_image`).
+        reconnect: for a live camera, device or stream, how many times in a row it is opened again after its
+            reads have failed for ``retry_seconds`` (a dropped RTSP stream, a camera re-plugged) before
+            SourceError; frame indices go on across a reconnection and `reconnects` counts them. 0: never.
+        reconnect_wait: seconds before the first reconnection attempt, doubled after each failed one (at most
+            30 s).
 
     Raises:
         SourceError: the spec does not exist or cannot be opened (naming it and why), or OpenCV is needed and
@@ -512,6 +581,11 @@ def open_source(
             raise InputError(f"{name} must be a non-negative number of seconds, got {value!r}")
     if timeout <= 0:
         raise InputError(f"timeout must be positive, got {timeout!r}")
+    if isinstance(reconnect, bool) or not isinstance(reconnect, int) or reconnect < 0:
+        raise InputError(f"reconnect must be a non-negative int, got {reconnect!r}")
+    if (isinstance(reconnect_wait, bool) or not isinstance(reconnect_wait, (int, float))
+            or not math.isfinite(reconnect_wait) or reconnect_wait < 0):
+        raise InputError(f"reconnect_wait must be a non-negative number of seconds, got {reconnect_wait!r}")
     if count_tolerance is not None and (isinstance(count_tolerance, bool) or not isinstance(count_tolerance, int)
                                         or count_tolerance < 0):
         raise InputError(f"count_tolerance must be a non-negative int or None, got {count_tolerance!r}")
@@ -519,7 +593,8 @@ def open_source(
     kind, target, text = _classify(spec)
     if kind in ("file", "camera", "device", "stream"):
         return _open_capture(kind, target, text, fps=fps, live=live, retry_seconds=float(retry_seconds),
-                             timeout=float(timeout), count_tolerance=count_tolerance)
+                             timeout=float(timeout), count_tolerance=count_tolerance, reconnect=reconnect,
+                             reconnect_wait=float(reconnect_wait))
     if kind == "folder":
         paths = _folder_images(target)
         if not paths:

@@ -316,6 +316,45 @@ def test_camera_recovers_from_a_short_dropout(fake_capture, caplog: pytest.LogCa
     assert [f.index for f in frames] == [0, 1, 2, 3] and "delivered again" in caplog.text
 
 
+def test_dropped_stream_reconnects_and_frames_go_on(fake_capture, monkeypatch: pytest.MonkeyPatch,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    fake_capture.good, fake_capture.fail = 2, None  # every capture dies after 2 frames
+    opens = {"n": 0}
+    real_init = fake_capture.__init__
+
+    def init(self, *args) -> None:  # the 2nd opening fails (the server is still down), the 3rd works, then none
+        real_init(self, *args)
+        opens["n"] += 1
+        self.opened = opens["n"] in (1, 3)
+
+    monkeypatch.setattr(fake_capture, "__init__", init)
+    sleeps: list[float] = []
+    real_sleep = time.sleep
+    monkeypatch.setattr("edgeclip.sources.time.sleep", lambda s: (sleeps.append(s), real_sleep(min(s, 0.01))))
+    with caplog.at_level(logging.WARNING, logger="edgeclip.sources"), \
+            open_source("rtsp://cam/1", retry_seconds=0.1, reconnect=3, reconnect_wait=0.5) as src:
+        frames = [next(src) for _ in range(4)]
+        assert [f.index for f in frames] == [0, 1, 2, 3] and src.reconnects == 1
+        with pytest.raises(SourceError, match=r"stopped after 4 frame\(s\).*3 reconnection\(s\) failed"):
+            next(src)  # the third capture dies too, and no later opening works
+    assert "reconnecting in 0.5 s (attempt 1 of 3)" in caplog.text and "reconnected (attempt 2)" in caplog.text
+    assert [w for w in sleeps if w >= 0.5][:2] == [0.5, 1.0]  # the wait doubles after a failed attempt
+    assert all(c.released for c in fake_capture.instances)
+    assert src.closed
+
+
+def test_reconnect_is_off_by_default_and_never_for_files(fake_capture) -> None:
+    fake_capture.good, fake_capture.fail = 1, None
+    with pytest.raises(SourceError, match=r"stopped after 1 frame\(s\): "):
+        list(open_source("rtsp://cam/1", retry_seconds=0.05))
+    assert len(fake_capture.instances) == 1
+    for bad in (-1, 1.5, True):
+        with pytest.raises(InputError, match="reconnect"):
+            open_source("rtsp://cam/1", reconnect=bad)
+    with pytest.raises(InputError, match="reconnect_wait"):
+        open_source("rtsp://cam/1", reconnect_wait=-1)
+
+
 def test_camera_that_cannot_be_opened(fake_capture) -> None:
     fake_capture.opened = False
     with pytest.raises(SourceError, match=r"^1: could not be opened: no such camera"):
