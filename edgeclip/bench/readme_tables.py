@@ -38,6 +38,7 @@ from edgeclip.bench.result_tables import (
     kernels_select_table,
     kernels_table,
     online_memory_table,
+    precision_ops_table,
     precision_table,
     pseudolabel_order_table,
     pseudolabel_table,
@@ -183,6 +184,8 @@ TABLES: dict[str, Table] = {t.name: t for t in (
     Table("ship-generator", ("ship-micro",), ship_generator_table, "the ship run (same file)"),
     Table("precision", ("precision-micro", "precision-ViT-B-32"), precision_table,
           "edgeclip bench precision --threads 2 --out docs/results (and --model ViT-B-32)"),
+    Table("precision-ops", ("precision-micro", "precision-ViT-B-32"), precision_ops_table, "the precision runs "
+          "(same files)"),
     Table("encoders-precision", ("encoders-micro-fp32-int8", "encoders-ViT-B-32-fp32-int8"), encoders_precision_table,
           "edgeclip bench encoders --precision fp32,int8 --threads 2 --out docs/results (and --model ViT-B-32)"),
     Table("clap", ("clap-micro",), clap_table, "edgeclip bench clap --out docs/results"),

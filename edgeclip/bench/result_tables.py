@@ -23,6 +23,7 @@ __all__ = [
     "kernels_select_table",
     "kernels_table",
     "online_memory_table",
+    "precision_ops_table",
     "precision_table",
     "pseudolabel_order_table",
     "pseudolabel_table",
@@ -583,3 +584,22 @@ def encoders_precision_table(results: list[dict[str, Any]]) -> str:
                         else r["error"]})
     cols = list(dict.fromkeys(k for r in out for k in r))
     return markdown_table(out, cols)
+
+
+def precision_ops_table(results: list[dict[str, Any]]) -> str:
+    """`edgeclip bench precision`'s op profile, one block per report: where the image encoder's kernel time goes
+    in FP32 and INT8 at the largest batch, and the most INT8 GEMMs alone could win (Amdahl)."""
+    out = []
+    for res in results:
+        ops = res.get("op_profile")
+        if not ops:
+            continue
+        model = f"{res['config']['model']}, batch {ops['batch']}"
+        for r in ops["rows"]:
+            name = r["op"] + (" (GEMM)" if r.get("gemm") else "")
+            out.append({"model": model, "op": f"**{name}**" if r["op"] == "total" else name,
+                        "FP32": f"{_ms(r['fp32_ms'])} ({100 * r['fp32_share']:.0f} %)",
+                        "INT8": f"{_ms(r['int8_ms'])} ({100 * r['int8_share']:.0f} %)"})
+        out.append({"model": model, "op": "INT8 bound with free GEMMs (FP32 total / FP32 outside the GEMMs)",
+                    "FP32": "", "INT8": f"{ops['int8_bound']:.2f}×"})
+    return markdown_table(out, ["model", "op", "FP32", "INT8"])

@@ -27,3 +27,30 @@ def test_precision_bench_tiny_run(tmp_path, capsys: pytest.CaptureFixture[str]) 
     assert main(args) == 0  # the cached variant is reused, not quantised again
     assert variant.stat().st_mtime_ns == stamp
     assert main(["bench", "precision", "--batches", "0", "--out", str(tmp_path)]) == 2
+
+
+def test_op_profile_sums_kernel_time_by_op_type_and_bounds_int8(tmp_path) -> None:
+    import numpy as np
+
+    import edgeclip
+    from edgeclip.bench.op_profile import GEMM_OPS, op_breakdown, op_times
+    from edgeclip.bench.precision import int8_variant
+    from edgeclip.runtime.bundle import IMAGE_ONNX, open_bundle
+
+    src = open_bundle(edgeclip.default_bundle())
+    int8 = int8_variant(src, tmp_path, "shapes:8")
+    s = src.image_size
+    feeds = {"pixels": np.random.default_rng(0).standard_normal((4, 3, s, s)).astype(np.float32)}
+    times = op_times(src.file(IMAGE_ONNX), feeds, runs=2, threads=1)
+    assert "LayerNormalization" in times or "SkipLayerNormalization" in times
+    assert all(v >= 0 for v in times.values()) and list(times.values()) == sorted(times.values(), reverse=True)
+    out = op_breakdown(src.file(IMAGE_ONNX), int8.file(IMAGE_ONNX), feeds, runs=2, threads=1, top=3)
+    ops = [r["op"] for r in out["rows"]]
+    assert len(ops) == 5 and ops[-2:] == ["other", "total"]
+    total = out["rows"][-1]
+    assert abs(sum(r["fp32_ms"] for r in out["rows"][:-1]) - total["fp32_ms"]) < 1e-9
+    assert any(k in GEMM_OPS for k in op_times(int8.file(IMAGE_ONNX), feeds, runs=1, threads=1))
+    assert 0 < out["gemm_share"] < 1
+    assert out["int8_bound"] == total["fp32_ms"] / (total["fp32_ms"] - out["fp32_gemm_ms"])
+    with pytest.raises(ValueError, match="runs"):
+        op_times(src.file(IMAGE_ONNX), feeds, runs=0)
