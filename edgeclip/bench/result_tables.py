@@ -88,7 +88,8 @@ def zero_shot_table(results: list[dict[str, Any]]) -> str:
 
 
 def encoders_table(results: list[dict[str, Any]]) -> str:
-    """Per encoder and batch: PyTorch eager and each ONNX Runtime provider's median, and the ORT speedup."""
+    """Per encoder and batch: PyTorch eager and each ONNX Runtime provider's median, the ORT speedup, and (reports
+    that record it) the backend ``backend="auto"`` picks there."""
     (res,) = results
     rows = res["rows"]
     torch_ms = {(r["encoder"], r.get("requested_batch", r["batch"])): r["median_ms"] for r in rows
@@ -102,7 +103,8 @@ def encoders_table(results: list[dict[str, Any]]) -> str:
         out.append({"encoder": r["encoder"], "batch": batch, "tokens": r.get("tokens"),
                     "PyTorch eager": _ms(torch_ms.get(key)),
                     f"ONNX Runtime ({(r.get('provider') or '').replace('ExecutionProvider', '')})": _ms(r["median_ms"]),
-                    "ORT speedup": _ratio(r) if r.get("error") is None else r["error"]})
+                    "ORT speedup": _ratio(r) if r.get("error") is None else r["error"],
+                    **({"auto picks": r["auto_pick"]} if r.get("auto_pick") else {})})
     cols = list(dict.fromkeys(k for r in out for k in r))
     return markdown_table(out, cols)
 
