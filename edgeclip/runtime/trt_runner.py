@@ -5,7 +5,8 @@
 device, in the dtype the engine declares), then ``execute_async_v3`` on torch's current CUDA stream, so the
 engine is ordered with the torch work around it and nothing is copied through the host. A batch larger than
 the engine's profile maximum runs in chunks of that maximum. One execution context serves one call at a
-time: calls from several threads are serialised by a lock.
+time: calls from several threads are serialised by a lock, and on the GPU each call's work waits (an event, not
+the host) for the previous call's, as the context's scratch memory is shared across streams.
 
 With ``cuda_graph_batch`` the runner captures one CUDA graph for that exact batch (and, for the text
 encoder, sequence length) on its first call -- a plain run first, as TensorRT needs one before capture --
@@ -106,6 +107,7 @@ class TrtRunner:
         self._graph: tuple[tuple[tuple[int, ...], ...], Any, dict[str, torch.Tensor], dict[str, torch.Tensor]] | None
         self._graph = None
         self._lock = threading.Lock()
+        self._done: torch.cuda.Event | None = None  # recorded after the last enqueue (CUDA only)
 
     # -- one call -----------------------------------------------------------------------------------------
     def _stream(self) -> int:
@@ -157,6 +159,17 @@ class TrtRunner:
         graph.replay()
         return {n: t.clone() for n, t in static_out.items()}
 
+    def _after_last_call(self) -> None:
+        """Order this call after the last one on the GPU: the context's scratch memory is shared, so a call
+        from another thread (another current stream) must not start before the previous one has finished."""
+        if self._done is not None:
+            torch.cuda.current_stream(self.device).wait_event(self._done)
+
+    def _mark_done(self) -> None:
+        if self.device.type == "cuda":
+            self._done = torch.cuda.Event()
+            self._done.record(torch.cuda.current_stream(self.device))
+
     def __call__(self, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Run on ``feeds`` (input name -> tensor, any dtype and device: cast and moved as the engine needs);
         returns output name -> tensor on the device, in the engine's dtype. Batches over the engine's max
@@ -167,8 +180,10 @@ class TrtRunner:
         ready = {n: feeds[n].to(self.device, self.dtypes[n]).contiguous() for n in self.inputs}
         total = ready[self.inputs[0]].shape[0]
         with self._lock:
+            self._after_last_call()
             parts = [self._run_once({n: t[i : i + self.max_batch] for n, t in ready.items()})
                      for i in range(0, total, self.max_batch)]
+            self._mark_done()
         if len(parts) == 1:
             return parts[0]
         return {n: torch.cat([p[n] for p in parts]) for n in self.outputs}
