@@ -31,7 +31,9 @@ __all__ = [
     "machine_info",
     "markdown_table",
     "other_cpu_load",
+    "write_json",
     "write_report",
+    "write_text",
 ]
 
 
@@ -258,7 +260,7 @@ def _edgeclip_command(argv: list[str]) -> str | None:
     return shlex.join(["python", "-m", module, *argv[1:]])
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def write_text(path: Path, text: str) -> None:
     """Write `text` to a new file beside `path`, flush it to disk, then rename it into place.
 
     The temporary file is opened in exclusive mode, so it gets the usual umask permissions.
@@ -314,12 +316,17 @@ def write_report(results: dict[str, Any], out_dir: Path, name: str, *, command: 
     command = command if command is not None else results.get("command") or invoked_command()
     results = {**results, "command": command}
     payload = {"name": name, **results, "machine": machine}
-    payload = _finite(json.loads(json.dumps(payload, default=_json_default)))
-    text = json.dumps(payload, indent=2, allow_nan=False) + "\n"
     paths = {"json": out_dir / f"{name}.json", "md": out_dir / f"{name}.md"}
-    _atomic_write_text(paths["json"], text)
-    _atomic_write_text(paths["md"], render_markdown(results, name, machine))
+    write_json(paths["json"], payload)
+    write_text(paths["md"], render_markdown(results, name, machine))
     return paths
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Write ``payload`` as strict JSON (NaN and Inf as null; paths, numpy scalars and ``to_dict`` objects
+    converted), atomically."""
+    payload = _finite(json.loads(json.dumps(payload, default=_json_default)))
+    write_text(path, json.dumps(payload, indent=2, allow_nan=False) + "\n")
 
 
 BUSY_CORES = 0.25

@@ -416,12 +416,11 @@ def run_suite_report(
         InputError: an unknown bench name or device, or threads < 1.
     """
     import datetime as _dt
-    import json
 
     from tqdm.auto import tqdm
 
     from edgeclip.bench.figures import check_matplotlib
-    from edgeclip.bench.report import _atomic_write_text, _finite, _json_default
+    from edgeclip.bench.report import write_json, write_text
     from edgeclip.errors import InputError
 
     if device not in ("cpu", "cuda", "auto"):
@@ -477,7 +476,6 @@ def run_suite_report(
         "versions": library_versions(), "benches": records, "plots": plots, "counts": counts,
         "ok": counts["failed"] == 0,
         "files": {"md": out / f"{REPORT_NAME}.md", "json": out / f"{REPORT_NAME}.json"}}
-    _atomic_write_text(summary["files"]["md"], _markdown(summary, out))
-    payload = _finite(json.loads(json.dumps(summary, default=_json_default)))
-    _atomic_write_text(summary["files"]["json"], json.dumps(payload, indent=2, allow_nan=False) + "\n")
+    write_text(summary["files"]["md"], _markdown(summary, out))
+    write_json(summary["files"]["json"], summary)
     return summary

@@ -362,3 +362,15 @@ def test_int8_builds_the_qdq_image_graph_and_keeps_the_text_engine_fp32(tmp_path
     assert EC.pick_engine(int8, "image", here=HERE).key.build == "int8"
     with pytest.raises(InputError, match="int8 image graph; it cannot be built at fp16"):
         _build(int8, fake, "fp16")
+
+
+def test_onnxruntime_trt_cache_folder_changes_with_tensorrt_and_gpu(bundle_copy: B.Bundle,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import onnxruntime
+
+    monkeypatch.setattr(EC, "host_identity", lambda: HERE)
+    here = EC.ort_trt_cache_dir(bundle_copy)
+    assert here.parent == bundle_copy.path / "engines" / "ort_trt"
+    assert onnxruntime.__version__ in here.name and "10.3.0" in here.name and "Fake_GPU" in here.name
+    monkeypatch.setattr(EC, "host_identity", lambda: EC.HostIdentity("10.4.0", "Fake GPU", "8.7"))
+    assert EC.ort_trt_cache_dir(bundle_copy) != here
