@@ -24,11 +24,14 @@ def machine_backends() -> dict[str, Any]:
     providers = available_providers()
     runnable = ["torch:cpu"] + (["torch:cuda"] if cuda else [])
     runnable += [f"onnxruntime:{p}" for p in PROVIDER_ORDER if p in providers]
+    tensorrt = importlib.util.find_spec("tensorrt") is not None
+    if cuda and tensorrt:
+        runnable.append("tensorrt (with engines from edgeclip engine build)")
     return {
         "cuda": cuda,
         "cuda_device": torch.cuda.get_device_name(0) if cuda else None,
         "onnxruntime_providers": providers,
-        "tensorrt": importlib.util.find_spec("tensorrt") is not None,
+        "tensorrt": tensorrt,
         "triton": cuda and importlib.util.find_spec("triton") is not None,
         "runnable": runnable,
         "auto": "calibrated per bundle, encoder and batch size" if providers else "torch",
