@@ -44,7 +44,7 @@ from edgeclip.errors import BackendError, ExportError, InputError
 from edgeclip.export.quantize import MIN_INT8_COS
 from edgeclip.runtime import bundle as B
 from edgeclip.runtime import engine_cache as EC
-from edgeclip.runtime.trt_runner import TrtRunner, check_tensorrt, import_tensorrt
+from edgeclip.runtime.trt_runner import TrtRunner, check_tensorrt, import_tensorrt, trt_logger
 
 __all__ = ["MIN_COS", "EngineBuildResult", "build_engines", "build_plan", "engine_parity", "prepare_graph"]
 
@@ -67,7 +67,7 @@ def build_plan(trt: Any, onnx_path: Path, profile: EC.Profile, *, workspace_byte
     """Parse ``onnx_path`` into a strongly typed network and build a serialised engine for ``profile``. The
     timing cache file is read when present and written back after the build. TF32 is cleared unless ``tf32``.
     An ONNX graph TensorRT cannot parse, or a failed build, is an `ExportError` with TensorRT's messages."""
-    logger = trt.Logger(trt.Logger.WARNING)
+    logger = trt_logger(trt)
     builder = trt.Builder(logger)
     network = builder.create_network(_network_flags(trt))
     parser = trt.OnnxParser(network, logger)

@@ -30,7 +30,15 @@ from edgeclip.errors import BackendError, InputError
 from edgeclip.runtime.encoders import ImageEncoder, TextEncoder
 from edgeclip.runtime.io_spec import EOT_INDEX, IMAGE_EMBEDS, PIXELS, TEXT_EMBEDS, TOKEN_EMBEDS
 
-__all__ = ["TrtImageEncoder", "TrtRunner", "TrtTextEncoder", "check_tensorrt", "import_tensorrt", "torch_dtype"]
+__all__ = [
+    "TrtImageEncoder",
+    "TrtRunner",
+    "TrtTextEncoder",
+    "check_tensorrt",
+    "import_tensorrt",
+    "torch_dtype",
+    "trt_logger",
+]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +71,18 @@ def check_tensorrt(trt: Any) -> Any:
     return trt
 
 
+_LOGGERS: dict[int, Any] = {}
+
+
+def trt_logger(trt: Any) -> Any:
+    """One ``trt.Logger`` (warnings and errors) per TensorRT module for every builder and runtime: TensorRT keeps
+    the first logger it is given process-wide and warns when later objects bring another."""
+    key = id(trt)
+    if key not in _LOGGERS:
+        _LOGGERS[key] = trt.Logger(trt.Logger.WARNING)
+    return _LOGGERS[key]
+
+
 def torch_dtype(trt: Any, dtype: Any) -> torch.dtype:
     """The torch dtype of a TensorRT ``DataType``."""
     table = {"FLOAT": torch.float32, "HALF": torch.float16, "INT32": torch.int32, "INT64": torch.int64,
@@ -84,7 +104,7 @@ class TrtRunner:
                  cuda_graph_batch: int | None = None) -> None:
         self.trt = import_tensorrt() if trt is None else check_tensorrt(trt)
         self.device = torch.device(device)
-        self.logger = self.trt.Logger(self.trt.Logger.WARNING)
+        self.logger = trt_logger(self.trt)
         self.runtime = self.trt.Runtime(self.logger)
         self.engine = self.runtime.deserialize_cuda_engine(plan)
         if self.engine is None:
