@@ -73,21 +73,9 @@ def cmd_engine_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def engine_lines(engines: list[dict[str, Any]]) -> list[str]:
-    """One line per engine record (`EngineRecord.to_dict`), for `engine list` and `edgeclip info`."""
-    if not engines:
-        return ["engines       none (edgeclip engine build --bundle B --precision fp16, on the GPU that runs them)"]
-    out = []
-    for e in engines:
-        state = "valid here" if e["valid"] else "NOT valid here: " + "; ".join(e["problems"])
-        out.append(f"engine        {e['file']} ({e['encoder']} {e['precision']}, TensorRT {e['tensorrt']}, "
-                   f"{e['gpu']} {e['compute_capability']}, max batch {e['max_batch']}, "
-                   f"{e['bytes'] / 1e6:.1f} MB): {state}")
-    return out
-
-
 def cmd_engine_list(args: argparse.Namespace) -> int:
     """List the engine records of a bundle. Returns 0."""
+    from edgeclip.info import engine_lines
     from edgeclip.runtime.bundle import open_bundle
     from edgeclip.runtime.engine_cache import list_engines
 

@@ -15,7 +15,7 @@ from edgeclip.runtime.bundle import MANIFEST, open_bundle
 from edgeclip.runtime.engine_cache import list_engines
 from edgeclip.runtime.ort_session import PROVIDER_ORDER, available_providers
 
-__all__ = ["auto_choice", "bundle_info", "info_text", "machine_backends"]
+__all__ = ["auto_choice", "bundle_info", "engine_lines", "info_text", "machine_backends"]
 
 
 def machine_backends() -> dict[str, Any]:
@@ -169,8 +169,6 @@ def info_text(info: dict[str, Any]) -> str:
     for h in info.get("heads") or []:
         what = (f"{h['method']}, {h['classes']} classes" if h["fits"] else f"does not fit: {h['problem']}")
         lines.append(f"head          {h['file']} ({what})")
-    from edgeclip.cli_engine import engine_lines
-
     lines += engine_lines(info.get("engines") or [])
     versions = info.get("tool_versions") or {}
     if versions:
@@ -183,6 +181,19 @@ def info_text(info: dict[str, Any]) -> str:
                  + (", TensorRT present" if mach["tensorrt"] else ", no TensorRT"))
     lines += _choice_lines(choice)
     return "\n".join(lines)
+
+
+def engine_lines(engines: list[dict[str, Any]]) -> list[str]:
+    """One line per engine record (`EngineRecord.to_dict`), for `edgeclip info` and `edgeclip engine list`."""
+    if not engines:
+        return ["engines       none (edgeclip engine build --bundle B --precision fp16, on the GPU that runs them)"]
+    out = []
+    for e in engines:
+        state = "valid here" if e["valid"] else "NOT valid here: " + "; ".join(e["problems"])
+        out.append(f"engine        {e['file']} ({e['encoder']} {e['precision']}, TensorRT {e['tensorrt']}, "
+                   f"{e['gpu']} {e['compute_capability']}, max batch {e['max_batch']}, "
+                   f"{e['bytes'] / 1e6:.1f} MB): {state}")
+    return out
 
 
 def _ms_text(v: float | None) -> str:

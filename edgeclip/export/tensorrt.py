@@ -190,10 +190,11 @@ def _runner_output(runner: TrtRunner) -> Callable[[dict[str, torch.Tensor]], np.
 def _prune_same_host(bundle: B.Bundle, key: EC.EngineKey, here: EC.HostIdentity) -> None:
     """Remove this host's dead engines of the same encoder and precision (the bundle's graph changed, or the
     plan is corrupt); engines for other GPUs or TensorRT versions are kept (valid elsewhere)."""
+    folder = EC.write_dir(bundle)
     for rec in EC.list_engines(bundle, here, verify=False):
         same = (rec.key.encoder, rec.key.precision, rec.key.tensorrt, rec.key.gpu) == (
             key.encoder, key.precision, key.tensorrt, key.gpu)
-        if same and not rec.valid and rec.path.parent == EC.write_dir(bundle):
+        if same and not rec.valid and rec.path.parent == folder:
             log.info("removing stale engine %s (%s)", rec.path.name, "; ".join(rec.problems))
             for p in (rec.path, rec.path.with_suffix(".json")):
                 with contextlib.suppress(OSError):

@@ -23,6 +23,7 @@ bundle's classes, else `TEXT_OPT_TOKENS`); a bidirectional tower always runs its
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -237,12 +238,24 @@ def sidecar_payload(key: EngineKey, parity: Mapping[str, float], built: str, bui
             "built": built, "build_seconds": build_seconds, "plan_sha256": plan_sha256, "plan_bytes": plan_bytes}
 
 
+def _plan_sha256(plan: Path) -> str:
+    """The plan file's sha256, hashed once per file version in this process (a plan is hundreds of MB, and a
+    load lists the engines several times: the auto candidates, then each encoder's pick)."""
+    st = plan.stat()
+    return _sha256_of(str(plan.resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
+    return B.sha256_file(Path(path))
+
+
 def _problems(bundle: B.Bundle, key: EngineKey, plan: Path, plan_sha256: str, plan_bytes: int,
               here: HostIdentity, verify: bool) -> list[str]:
     out: list[str] = []
     if not plan.is_file():
         return [f"{plan.name} is missing"]
-    if plan.stat().st_size != plan_bytes or (verify and B.sha256_file(plan) != plan_sha256):
+    if plan.stat().st_size != plan_bytes or (verify and _plan_sha256(plan) != plan_sha256):
         out.append(f"{plan.name} does not match its record (corrupt or replaced)")
     entry = bundle.spec.files.get(key.bundle_file)
     if entry is None:
